@@ -1,0 +1,71 @@
+# model-sync: every target installs what it needs on a fresh machine.
+#   make test    lint, type-check and run every test against real local servers
+#   make demo    run a real sync end to end on the local stack
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+POETRY_VERSION := 2.5.1
+TOOLS := .tools
+# Poetry lives in its own venv; .ci/poetry_shim.py lets it use the HTML-only package index this
+# workplace reaches (see the shim's docstring). The project venv is .venv in the checkout.
+POETRY := $(TOOLS)/poetry/bin/python .ci/poetry_shim.py
+export POETRY_VIRTUALENVS_IN_PROJECT := true
+export POETRY_NO_INTERACTION := 1
+# Debian packages the tests and the demo use (real servers and an independent OCI client).
+APT_PACKAGES :=
+PORT ?= 8080
+
+.PHONY: help
+help:
+	@echo "make demo   - run a real sync end to end on the local stack"
+	@echo "make test   - install what is needed, lint, type-check and run every test"
+	@echo "make registry-server PORT=8080 - run the Model Registry stand-in in the foreground"
+	@echo "make lock   - re-resolve poetry.lock after editing pyproject.toml"
+
+$(TOOLS)/poetry/bin/python:
+	$(PYTHON) -m venv $(TOOLS)/poetry
+	$(TOOLS)/poetry/bin/pip install --quiet --disable-pip-version-check "poetry==$(POETRY_VERSION)"
+
+.PHONY: apt
+apt:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+
+.venv/.installed: $(TOOLS)/poetry/bin/python pyproject.toml poetry.lock
+	$(POETRY) install --quiet
+	touch $@
+
+.PHONY: install
+install: apt .venv/.installed
+
+.PHONY: lock
+lock: $(TOOLS)/poetry/bin/python
+	$(POETRY) lock
+
+.PHONY: lint
+lint: install
+	.venv/bin/ruff check job tests
+	.venv/bin/ruff format --check job tests
+	.venv/bin/mypy
+
+.PHONY: test
+test: lint
+	.venv/bin/pytest
+
+.PHONY: registry-server
+registry-server: install
+	.venv/bin/python -m tests.standin.model_registry --host 127.0.0.1 --port $(PORT)
+
+.PHONY: demo
+demo: install
+	@echo "make demo will: start the Model Registry stand-in, SeaweedFS and CNCF distribution on 127.0.0.1,"
+	@echo "upload a small model to S3, run model-sync create_model s3->oci as a Job would, and show the"
+	@echo "registry entries, the pushed image's layers (via skopeo) and the KServe storageUri."
+	@echo "It needs the S3 and OCI backends, which are not built yet." >&2
+	@exit 1

@@ -1,0 +1,177 @@
+"""Readers for mounted Kubernetes Secrets: an S3 key directory, a ``.dockerconfigjson``, a URI directory.
+
+Each reader turns a mounted Secret into plain values; it knows nothing about precedence. The
+settings layer (``job.config``) ranks what they return below CLI args and env vars.
+
+A credentials path that was set but is missing or malformed is a ``ConfigError``: a Job whose
+Secret did not mount must fail before it talks to any server, with a message naming the setting.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import SecretStr
+
+from job.errors import ConfigError
+
+# The files of an S3 Secret and the setting suffix each one fills. The first file found wins:
+# AWS_REGION before AWS_DEFAULT_REGION, AWS_ENDPOINT_URL before AWS_S3_ENDPOINT, ...
+S3_SECRET_FILES: dict[str, tuple[str, ...]] = {
+    "aws_access_key_id": ("AWS_ACCESS_KEY_ID",),
+    "aws_secret_access_key": ("AWS_SECRET_ACCESS_KEY",),
+    "aws_region": ("AWS_REGION", "AWS_DEFAULT_REGION"),
+    "aws_endpoint": ("AWS_ENDPOINT_URL", "AWS_S3_ENDPOINT"),
+    "aws_bucket": ("AWS_BUCKET", "AWS_S3_BUCKET"),
+}
+
+_SECRET_SUFFIXES = frozenset({"aws_access_key_id", "aws_secret_access_key"})
+
+
+def _read_value(path: Path) -> str:
+    # Secrets written with `echo` end with a newline; `kubectl create secret --from-file` keeps it.
+    return path.read_text(encoding="utf-8").rstrip("\r\n")
+
+
+def _require_dir(path: Path, setting: str) -> None:
+    if not path.exists():
+        raise ConfigError(f"{setting}: credentials path {path} does not exist (is the Secret mounted?)")
+    if not path.is_dir():
+        raise ConfigError(f"{setting}: credentials path {path} is not a directory of Secret keys")
+
+
+def read_s3_secret(path: Path, *, setting: str) -> dict[str, Any]:
+    """Read an S3 Secret directory into ``{suffix: value}`` (suffixes of :data:`S3_SECRET_FILES`).
+
+    Keys and secret keys come back as ``SecretStr``; absent files are simply absent.
+    """
+    _require_dir(path, setting)
+    values: dict[str, Any] = {}
+    for suffix, names in S3_SECRET_FILES.items():
+        for name in names:
+            file = path / name
+            if file.is_file():
+                text = _read_value(file)
+                values[suffix] = SecretStr(text) if suffix in _SECRET_SUFFIXES else text
+                break
+    return values
+
+
+def read_uri_secret(path: Path, *, setting: str) -> dict[str, Any]:
+    """Read a URI Secret directory: file ``URI`` (the source URI, which may embed a token)."""
+    _require_dir(path, setting)
+    values: dict[str, Any] = {}
+    uri_file = path / "URI"
+    if uri_file.is_file():
+        values["uri"] = _read_value(uri_file)
+    return values
+
+
+@dataclass(frozen=True, slots=True)
+class RegistryLogin:
+    """A username and password for one OCI registry."""
+
+    username: str
+    password: SecretStr
+
+
+def _normalise_registry_key(key: str) -> str:
+    """``https://host:5000/v1/`` -> ``host:5000``: docker's config keys come in several spellings."""
+    host = key.strip()
+    for scheme in ("https://", "http://"):
+        if host.startswith(scheme):
+            host = host[len(scheme) :]
+    host = host.split("/", 1)[0]
+    return host.lower()
+
+
+# Docker Hub's credentials are stored under its v1 index URL, while image references say docker.io.
+_DOCKER_HUB_ALIASES = frozenset({"docker.io", "index.docker.io", "registry-1.docker.io"})
+
+
+class DockerConfig:
+    """A parsed ``.dockerconfigjson``: registry host -> login."""
+
+    def __init__(self, logins: dict[str, RegistryLogin]) -> None:
+        self._logins = logins
+
+    def __repr__(self) -> str:  # never print the logins
+        return f"DockerConfig(registries={sorted(self._logins)})"
+
+    @property
+    def registries(self) -> list[str]:
+        """The registry hosts this config has logins for."""
+        return sorted(self._logins)
+
+    def lookup(self, registry: str) -> RegistryLogin | None:
+        """The login for ``registry`` (a host, host:port, or any of docker's key spellings)."""
+        host = _normalise_registry_key(registry)
+        if host in self._logins:
+            return self._logins[host]
+        if host in _DOCKER_HUB_ALIASES:
+            for alias in _DOCKER_HUB_ALIASES:
+                if alias in self._logins:
+                    return self._logins[alias]
+        return None
+
+
+def _resolve_dockerconfig_file(path: Path, setting: str) -> Path:
+    # The upstream job takes the file itself; a `kubernetes.io/dockerconfigjson` Secret mounted as a
+    # volume is a directory holding `.dockerconfigjson`. Accept both.
+    if path.is_dir():
+        for name in (".dockerconfigjson", "config.json", ".dockercfg"):
+            if (path / name).is_file():
+                return path / name
+        raise ConfigError(f"{setting}: {path} holds no .dockerconfigjson")
+    if not path.exists():
+        raise ConfigError(f"{setting}: credentials path {path} does not exist (is the Secret mounted?)")
+    return path
+
+
+def read_docker_config(path: Path, *, setting: str) -> DockerConfig:
+    """Parse a ``.dockerconfigjson`` (file, or a mounted Secret directory holding one).
+
+    Each entry gives either ``auth`` (base64 of ``user:password``) or ``username`` and ``password``.
+    Anything malformed is a ConfigError naming the setting and the entry, never a secret.
+    """
+    file = _resolve_dockerconfig_file(path, setting)
+    try:
+        doc = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{setting}: cannot read {file}: {exc.__class__.__name__}") from None
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{setting}: {file} is not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{setting}: {file} is not a docker config (expected a JSON object)")
+    # `.dockercfg` (legacy) is the bare auths map; `.dockerconfigjson` wraps it in "auths".
+    auths = doc.get("auths", doc if file.name == ".dockercfg" else None)
+    if not isinstance(auths, dict):
+        raise ConfigError(f'{setting}: {file} has no "auths" object')
+    logins: dict[str, RegistryLogin] = {}
+    for key, entry in auths.items():
+        if not isinstance(entry, dict):
+            raise ConfigError(f"{setting}: entry {key!r} in {file} is not an object")
+        logins[_normalise_registry_key(key)] = _login_from_entry(key, entry, file, setting)
+    return DockerConfig(logins)
+
+
+def _login_from_entry(key: str, entry: dict[str, Any], file: Path, setting: str) -> RegistryLogin:
+    auth = entry.get("auth")
+    if auth:
+        try:
+            decoded = base64.b64decode(str(auth), validate=True).decode("utf-8")
+        except (binascii.Error, UnicodeDecodeError):
+            raise ConfigError(f'{setting}: entry {key!r} in {file}: "auth" is not base64 of user:password') from None
+        username, sep, password = decoded.partition(":")
+        if not sep or not username:
+            raise ConfigError(f'{setting}: entry {key!r} in {file}: "auth" does not decode to user:password')
+        return RegistryLogin(username, SecretStr(password))
+    user, secret = entry.get("username"), entry.get("password")
+    if isinstance(user, str) and user and isinstance(secret, str):
+        return RegistryLogin(user, SecretStr(secret))
+    raise ConfigError(f'{setting}: entry {key!r} in {file} has neither "auth" nor "username" and "password"')
