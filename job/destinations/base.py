@@ -3,11 +3,17 @@
 Call order, made by the engine:
 1. ``put(obj, data)`` once per file, several at a time (bounded by the engine's files semaphore).
    ``data`` is the source stream already wrapped by the engine (hashed, counted, errors tagged);
-   the destination consumes it to the end or raises.
+   the destination consumes it to the end or raises. The stream never yields more than ``obj.size``
+   bytes and raises ``IntegrityError`` instead of ending on a short read or a listed digest that does
+   not match; errors it raises must propagate out of ``put`` (the engine prefers the stream's own error
+   to whatever a client library wrapped it in). A destination that reads exactly ``obj.size`` bytes and
+   stops is fine: the engine finishes the stream after ``put`` returns and runs the end checks then.
+   The returned ``Uploaded.size`` must equal the bytes consumed; the engine checks it.
 2. ``commit(uploaded)`` once, after every ``put`` succeeded, with the results in listing order:
    push a manifest, or nothing for S3. Returns what the registry records. Must be safe to repeat
    (a rerun of the same Job calls it again).
-3. ``abort()`` at most once, instead of ``commit``, when anything failed or the job was cancelled:
+3. ``abort()`` at most once, instead of ``commit`` (or after a ``commit`` that raised), when anything
+   failed or the job was cancelled, after every ``put`` has returned or unwound:
    abort multipart uploads, drop upload sessions. It must not raise for what it cannot clean.
 4. ``close()`` once at the end, whatever happened.
 """
@@ -28,7 +34,12 @@ class Uploaded:
     obj: ObjectInfo
     size: int
     sha256: str
-    """``sha256:<hex>`` of the file's bytes, computed while they streamed."""
+    """``sha256:<hex>`` of the file's bytes, computed while they streamed.
+
+    A destination that hashes what it wrote reports it and the engine compares it with its own hash; one
+    that does not leaves it ``""`` and the engine fills in the digest it computed on the stream (so an
+    S3 upload does not hash every byte twice). ``transfer`` returns and commits only filled values.
+    """
     extra: dict[str, str] = field(default_factory=dict)
     """Destination-specific facts (the layer digest of an OCI layer, an S3 version id, ...)."""
 
