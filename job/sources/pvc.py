@@ -1,0 +1,114 @@
+"""Source ``pvc``: a file or a directory tree on a mounted volume.
+
+The tree is walked without following directory symlinks out of the root: a symlink (to a file or
+a directory) is accepted only when its target resolves inside the root, so a model directory can
+link shared files, but a link to ``/etc`` or ``../other-model`` is refused with an error naming
+it. Empty files are kept; empty directories carry no file and so do not appear in the model.
+Sizes come from ``stat`` at listing time and are checked by the engine when the bytes are read,
+so a file that changes while the job runs is an error, not a silently mixed model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import stat
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path, PurePosixPath
+
+from job.config import JobConfig, PvcLocation
+from job.errors import SourceError, SourceNotFound
+from job.sources.base import ObjectInfo, safe_relative_path
+from job.streams import aiter_file
+
+
+class PvcSource:
+    """Read the model from ``root``: one file, or every file below a directory."""
+
+    def __init__(self, root: Path, *, chunk_size: int = 1024 * 1024) -> None:
+        self._root = root
+        self._chunk_size = chunk_size
+        self._paths: dict[PurePosixPath, Path] = {}
+
+    @classmethod
+    def from_config(cls, config: JobConfig) -> PvcSource:
+        """Build from ``config.source`` (a :class:`PvcLocation`)."""
+        assert isinstance(config.source, PvcLocation)
+        return cls(config.source.path)
+
+    def _walk(self) -> list[tuple[PurePosixPath, Path, int]]:
+        root = self._root
+        try:
+            st = root.stat()
+        except FileNotFoundError:
+            raise SourceNotFound(f"listing {root}: no such file or directory", uri=str(root)) from None
+        except OSError as exc:
+            raise SourceError(f"listing {root}: {exc.strerror}", uri=str(root)) from None
+        if stat.S_ISREG(st.st_mode):
+            return [(safe_relative_path(root.name), root, st.st_size)]
+        real_root = root.resolve()
+        found: list[tuple[PurePosixPath, Path, int]] = []
+        # followlinks=False: a directory symlink is checked below like a file symlink, never walked blindly.
+        for dirpath, dirnames, filenames in os.walk(root, followlinks=False, onerror=self._walk_error):
+            dirnames.sort()
+            here = Path(dirpath)
+            for name in [*sorted(filenames), *(d for d in dirnames if (here / d).is_symlink())]:
+                path = here / name
+                rel = path.relative_to(root).as_posix()
+                found.extend(self._entry(rel, path, real_root))
+        return found
+
+    def _entry(self, rel: str, path: Path, real_root: Path) -> list[tuple[PurePosixPath, Path, int]]:
+        if path.is_symlink():
+            target = path.resolve()
+            if not target.is_relative_to(real_root):
+                raise SourceError(
+                    f"refusing {rel} in {self._root}: it is a symlink to {target}, outside the model directory",
+                    uri=str(self._root),
+                    path=rel,
+                )
+            if target.is_dir():
+                # A link to a directory inside the root: its files are listed under the link's name.
+                return [
+                    (safe_relative_path(f"{rel}/{sub.relative_to(target).as_posix()}"), sub, sub.stat().st_size)
+                    for sub in sorted(target.rglob("*"))
+                    if sub.is_file() and sub.resolve().is_relative_to(real_root)
+                ]
+        st = path.stat()
+        if not stat.S_ISREG(st.st_mode):
+            return []  # sockets, fifos, devices: not model files
+        return [(safe_relative_path(rel), path, st.st_size)]
+
+    def _walk_error(self, exc: OSError) -> None:
+        raise SourceError(f"listing {self._root}: {exc.filename}: {exc.strerror}", uri=str(self._root)) from exc
+
+    async def list(self) -> AsyncIterator[ObjectInfo]:
+        """Yield every regular file below the root (or the root file itself), sorted by path."""
+        entries = await asyncio.to_thread(self._walk)
+        if not entries:
+            raise SourceNotFound(f"listing {self._root}: the directory holds no files", uri=str(self._root))
+        for rel, path, size in entries:
+            self._paths[rel] = path
+            yield ObjectInfo(path=rel, size=size)
+
+    @asynccontextmanager
+    async def open(self, obj: ObjectInfo, *, offset: int = 0) -> AsyncIterator[AsyncIterator[bytes]]:
+        """Stream one listed file from ``offset``."""
+        path = self._paths.get(obj.path) or self._root / obj.path
+        stream = aiter_file(path, self._chunk_size, offset)
+        try:
+            yield _mapped(stream, obj.path, self._root)
+        finally:
+            await stream.aclose()
+
+    async def close(self) -> None:
+        """Nothing to release."""
+
+
+async def _mapped(stream: AsyncIterator[bytes], rel: PurePosixPath, root: Path) -> AsyncIterator[bytes]:
+    try:
+        async for chunk in stream:
+            yield chunk
+    except OSError as exc:
+        raise SourceError(f"reading {rel} from {root}: {exc.strerror or exc}", uri=str(root), path=str(rel)) from exc
