@@ -1,0 +1,1 @@
+"""Stand-ins for services the model-sync job talks to (see README.md)."""
