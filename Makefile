@@ -14,7 +14,7 @@ POETRY := $(TOOLS)/poetry/bin/python .ci/poetry_shim.py
 export POETRY_VIRTUALENVS_IN_PROJECT := true
 export POETRY_NO_INTERACTION := 1
 # Debian packages the tests and the demo use (real servers and an independent OCI client).
-APT_PACKAGES :=
+APT_PACKAGES := docker-registry skopeo apache2-utils openssl busybox-static
 PORT ?= 8080
 
 .PHONY: help

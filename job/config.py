@@ -112,6 +112,7 @@ class Settings(BaseSettings):
     source_oci_enable_tls_verify: bool = Field(
         True, description="source-type oci: verify TLS; false also allows plain http, as skopeo does."
     )
+    source_oci_ca_bundle: Path | None = Field(None, description="source-type oci: CA bundle to verify the registry.")
     source_path: Path | None = Field(None, description="source-type pvc: a mounted file or directory.")
 
     # --- destination ---
@@ -135,6 +136,19 @@ class Settings(BaseSettings):
     )
     destination_oci_enable_tls_verify: bool = Field(
         True, description="destination-type oci: verify TLS; false also allows plain http, as skopeo does."
+    )
+
+    destination_oci_ca_bundle: Path | None = Field(
+        None, description="destination-type oci: CA bundle to verify the registry."
+    )
+    destination_oci_chunk_size_mib: int = Field(
+        0,
+        ge=0,
+        le=1024,
+        description="destination-type oci: 0 sends each blob in one streamed PATCH; N sends N MiB chunked PATCHes.",
+    )
+    oci_platform: str | None = Field(
+        None, description="Platform to pick from a multi-arch image when reading one (default: linux/<this machine>)."
     )
 
     # --- model registry entities and intent ---
@@ -387,6 +401,10 @@ class OciLocation:
     password: SecretStr | None
     tls_verify: bool
     base_image: str | None = None
+    ca_bundle: Path | None = None
+    chunk_size: int = 0
+    """0: one streamed PATCH per blob; otherwise the bytes of each chunked PATCH."""
+    platform: str | None = None
     docker_config: DockerConfig | None = None
     """All logins of the mounted docker config, for a base image on another registry."""
 
@@ -480,6 +498,13 @@ def _s3_location(settings: Settings, side: str, environ: Mapping[str, str]) -> S
     )
 
 
+def _existing(settings: Settings, field: str) -> Path | None:
+    path: Path | None = getattr(settings, field)
+    if path is not None and not path.is_file():
+        raise ConfigError(f"invalid setting {setting_name(field)}: {path} does not exist")
+    return path
+
+
 def _oci_location(settings: Settings, side: str) -> OciLocation:
     reference = _require(settings, f"{side}_oci_uri", f"{side}-type is oci: the image reference")
     reference = reference.removeprefix("oci://").removeprefix("docker://")
@@ -500,6 +525,9 @@ def _oci_location(settings: Settings, side: str) -> OciLocation:
         password=password,
         tls_verify=getattr(settings, f"{side}_oci_enable_tls_verify"),
         base_image=settings.destination_oci_base_image if side == "destination" else None,
+        ca_bundle=_existing(settings, f"{side}_oci_ca_bundle"),
+        chunk_size=settings.destination_oci_chunk_size_mib * 1024 * 1024 if side == "destination" else 0,
+        platform=settings.oci_platform,
         docker_config=docker_config,
     )
 
