@@ -19,7 +19,7 @@ import argparse
 import logging
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal, NoReturn
@@ -36,7 +36,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
-from job.credentials import DockerConfig, read_docker_config, read_s3_secret, read_uri_secret
+from job.credentials import DockerConfig, read_docker_config, read_s3_secret, read_uri_headers, read_uri_secret
 from job.errors import ConfigError
 
 ENV_PREFIX = "MODEL_SYNC_"
@@ -114,6 +114,12 @@ class Settings(BaseSettings):
     )
     source_oci_ca_bundle: Path | None = Field(None, description="source-type oci: CA bundle to verify the registry.")
     source_path: Path | None = Field(None, description="source-type pvc: a mounted file or directory.")
+    source_include: str | None = Field(
+        None, description="Comma-separated globs: copy only matching files (any source type; '*' spans folders)."
+    )
+    source_exclude: str | None = Field(
+        None, description="Comma-separated globs: skip matching files (any source type), applied after include."
+    )
 
     # --- destination ---
     destination_type: DestinationType = Field("oci", description="Where the model goes: oci (modelcar) or s3.")
@@ -414,6 +420,12 @@ class UriLocation:
     """An http(s) URL, archive URL, or ``hf://org/model[:revision]``."""
 
     uri: str
+    headers: dict[str, SecretStr] = field(default_factory=dict)
+    """Extra request headers from the URI Secret's ``HEADERS`` file."""
+    hf_endpoint: str = "https://huggingface.co"
+    """``HF_ENDPOINT``: the Hub (or a mirror) that ``hf://`` resolves against."""
+    hf_token: SecretStr | None = None
+    """``HF_TOKEN``: sent to the Hub endpoint only."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -454,6 +466,14 @@ class JobConfig:
     parallel_parts: int
     part_size: int | None
     termination_message_path: Path
+    include: tuple[str, ...] = ()
+    """Globs a file must match to be copied (empty: every file)."""
+    exclude: tuple[str, ...] = ()
+    """Globs that drop a file, after ``include``."""
+
+
+def _globs(value: str | None) -> tuple[str, ...]:
+    return tuple(p.strip() for p in (value or "").split(",") if p.strip())
 
 
 def _require(settings: Settings, field: str, why: str) -> Any:
@@ -545,7 +565,19 @@ def _source(settings: Settings, environ: Mapping[str, str]) -> S3Location | UriL
                 raise ConfigError(
                     f"invalid setting {setting_name('source_uri')}: scheme {scheme or '(none)'!r} is not http, https or hf"
                 )
-            return UriLocation(uri)
+            headers_dir = settings.source_uri_credentials_path
+            headers = (
+                read_uri_headers(headers_dir, setting=setting_name("source_uri_credentials_path"))
+                if headers_dir
+                else {}
+            )
+            hf_token = environ.get("HF_TOKEN") or environ.get("HUGGING_FACE_HUB_TOKEN")
+            return UriLocation(
+                uri,
+                headers=headers,
+                hf_endpoint=(environ.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/"),
+                hf_token=SecretStr(hf_token) if hf_token else None,
+            )
         case "pvc":
             path = _require(settings, "source_path", "source-type is pvc: the mounted file or directory")
             if not path.exists():
@@ -651,4 +683,6 @@ def build_job_config(settings: Settings, environ: Mapping[str, str] | None = Non
         parallel_parts=settings.parallel_parts,
         part_size=settings.part_size_mib * 1024 * 1024 if settings.part_size_mib else None,
         termination_message_path=settings.termination_message_path,
+        include=_globs(settings.source_include),
+        exclude=_globs(settings.source_exclude),
     )

@@ -72,6 +72,27 @@ def read_uri_secret(path: Path, *, setting: str) -> dict[str, Any]:
     return values
 
 
+def read_uri_headers(path: Path, *, setting: str) -> dict[str, SecretStr]:
+    """Read the optional ``HEADERS`` file of a URI Secret: one ``Name: value`` a line, for authenticated servers.
+
+    Blank lines and lines starting with ``#`` are skipped; values are secrets (tokens, cookies).
+    """
+    _require_dir(path, setting)
+    headers_file = path / "HEADERS"
+    if not headers_file.is_file():
+        return {}
+    headers: dict[str, SecretStr] = {}
+    for number, line in enumerate(headers_file.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        name, sep, value = line.partition(":")
+        name = name.strip()
+        if not sep or not name or any(c.isspace() for c in name):
+            raise ConfigError(f"{setting}: {headers_file} line {number} is not 'Name: value'")
+        headers[name] = SecretStr(value.strip())
+    return headers
+
+
 @dataclass(frozen=True, slots=True)
 class RegistryLogin:
     """A username and password for one OCI registry."""

@@ -26,6 +26,7 @@ from job.metadata import ModelMetadata, load_metadata
 from job.model_registry import ModelRegistryClient
 from job.progress import ProgressReporter
 from job.sources.base import Source
+from job.sources.filtered import FilteredSource
 from job.transfer import TransferResult, TransferSettings, transfer
 
 log = logging.getLogger(__name__)
@@ -62,6 +63,8 @@ def make_source(config: JobConfig) -> Source:
     """The Source for ``config.source``; each backend's ``from_config`` maps the settings it needs."""
     cls = _backend(_SOURCES, config.source, "source")
     source: Source = cls.from_config(config)
+    if config.include or config.exclude:
+        source = FilteredSource(source, config.include, config.exclude)
     return source
 
 

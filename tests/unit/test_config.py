@@ -399,3 +399,27 @@ def test_invalid_values_are_not_echoed_for_secrets(monkeypatch: pytest.MonkeyPat
     with pytest.raises(ConfigError) as err:
         load_settings([])
     assert "s3cr3t" not in str(err.value)
+
+
+def test_uri_secret_headers_and_hub_env(tmp_path: Path) -> None:
+    secret = tmp_path / "uri-secret"
+    secret.mkdir()
+    (secret / "URI").write_text("https://models.example.invalid/m.tar.gz\n")
+    (secret / "HEADERS").write_text("# for the model server\nAuthorization: Bearer hdr-token\nX-Team: nlp\n\n")
+    argv = [*BASE, *OCI_DST, "--source-type", "uri", "--source-uri-credentials-path", str(secret)]
+    cfg = job(argv, {"HF_ENDPOINT": "http://127.0.0.1:9/", "HF_TOKEN": "hf_tok"})
+    assert cfg.source.uri == "https://models.example.invalid/m.tar.gz"  # type: ignore[union-attr]
+    headers = {k: v.get_secret_value() for k, v in cfg.source.headers.items()}  # type: ignore[union-attr]
+    assert headers == {"Authorization": "Bearer hdr-token", "X-Team": "nlp"}
+    assert cfg.source.hf_endpoint == "http://127.0.0.1:9"  # type: ignore[union-attr]
+    assert cfg.source.hf_token.get_secret_value() == "hf_tok"  # type: ignore[union-attr]
+    assert "hdr-token" not in repr(cfg)
+    (secret / "HEADERS").write_text("not a header line\n")
+    with pytest.raises(ConfigError, match="MODEL_SYNC_SOURCE_URI_CREDENTIALS_PATH.*line 1"):
+        job(argv)
+
+
+def test_include_exclude_globs_are_comma_separated() -> None:
+    cfg = job([*BASE, *S3_SRC, *OCI_DST, "--source-include", "*.json, *.safetensors", "--source-exclude", "onnx/"])
+    assert cfg.include == ("*.json", "*.safetensors")
+    assert cfg.exclude == ("onnx/",)
