@@ -1,0 +1,230 @@
+"""Read a model from S3: one object, or every object under a prefix.
+
+``list()``: a key not ending in ``/`` is first tried as one object (HEAD); if it exists, the model is
+that one file, named by the key's basename. Otherwise the key is a prefix: it is normalised to end in
+``/`` (so ``models/m`` never matches ``models/mx/...``), listed with ``list_objects_v2`` pagination,
+folder markers (keys ending in ``/``) are skipped, and each path is the key relative to the prefix,
+checked by :func:`~job.sources.base.safe_relative_path`. An empty prefix is ``SourceNotFound``.
+
+``open(obj, offset)``: one GET with ``If-Match`` on the listed ETag (an object replaced since the listing
+is an error, not a silent mix of two versions) and ``Range: bytes=offset-`` when resuming; the body's
+chunks are passed on as they arrive (``iter_chunks`` returns what aiohttp has buffered, 0.25-1.2 MiB).
+
+With ``ranged_reads=True`` an object larger than one part is read as parallel ranged GETs instead:
+``parallel_parts`` ranges of ``part_size`` in flight, yielded in order, so memory stays under
+``(parallel_parts + 1) x part_size`` per file. Off by default: on a 2-core machine it gained nothing
+and cost 140-330 MiB of RSS (performance-notes.md); it may pay off against a distant, per-connection
+throttled endpoint.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import logging
+from collections import deque
+from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from pathlib import PurePosixPath
+from typing import Any
+
+from job.config import JobConfig, S3Location
+from job.errors import ConfigError, SourceAuthError, SourceError, SourceNotFound
+from job.s3_common import MiB, S3Connection, choose_part_size, s3_uri
+from job.sources.base import ObjectInfo, safe_relative_path
+
+log = logging.getLogger(__name__)
+
+CHUNK_SIZE = MiB
+"""Most bytes asked of the body per read; aiohttp returns what it has, which is usually less."""
+_DIRECTORY_TYPES = {"application/x-directory", "httpd/unix-directory"}
+
+
+class S3Source:
+    """A :class:`~job.sources.base.Source` over an S3 object or prefix."""
+
+    def __init__(
+        self,
+        location: S3Location,
+        *,
+        parallel_parts: int = 4,
+        part_size: int | None = None,
+        ranged_reads: bool = False,
+        max_pool_connections: int = 10,
+    ) -> None:
+        self.location = location
+        self.bucket = location.bucket
+        self.key = location.key.lstrip("/")
+        self.parallel_parts = max(1, parallel_parts)
+        self.part_size = part_size
+        self.ranged_reads = ranged_reads
+        self._conn = S3Connection(location, side="source", max_pool_connections=max_pool_connections)
+        self._keys: dict[PurePosixPath, str] = {}
+
+    @classmethod
+    def from_config(cls, config: JobConfig) -> S3Source:
+        """The source for ``config.source`` (an :class:`S3Location`)."""
+        if not isinstance(config.source, S3Location):
+            raise ConfigError("S3Source needs an s3 source location")
+        return cls(
+            config.source,
+            parallel_parts=config.parallel_parts,
+            part_size=config.part_size,
+            max_pool_connections=config.parallel_files * config.parallel_parts,
+        )
+
+    # --- list ---------------------------------------------------------------------------------
+
+    async def list(self) -> AsyncIterator[ObjectInfo]:
+        """Yield the one object, or every object under the prefix (see the module docstring)."""
+        client = await self._conn.client()
+        head_error: SourceAuthError | None = None
+        if self.key and not self.key.endswith("/"):
+            try:
+                head = await client.head_object(Bucket=self.bucket, Key=self.key)
+            except Exception as exc:
+                mapped = self._conn.error(exc, "looking up", s3_uri(self.bucket, self.key))
+                if isinstance(mapped, SourceAuthError):
+                    # On AWS a missing key answers 403 to a client without s3:ListBucket: let the
+                    # listing decide, and report this error if it finds nothing either.
+                    head_error = mapped
+                elif not isinstance(mapped, SourceNotFound):  # 404: not an object, so a prefix
+                    raise mapped from exc
+            else:
+                if head.get("ContentType") not in _DIRECTORY_TYPES:  # SeaweedFS answers HEAD on dirs
+                    path = safe_relative_path(self.key.rsplit("/", 1)[-1], what="S3 key")
+                    self._keys[path] = self.key
+                    yield ObjectInfo(path=path, size=int(head["ContentLength"]), etag=head.get("ETag"))
+                    return
+
+        prefix = _as_prefix(self.key)
+        target = s3_uri(self.bucket, prefix)
+        found = 0
+        try:
+            pages = client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix)
+            async for page in pages:
+                for item in page.get("Contents", []):
+                    key: str = item["Key"]
+                    if key.endswith("/"):
+                        continue  # a folder marker, not a file
+                    path = safe_relative_path(key[len(prefix) :], what="S3 key")
+                    self._keys[path] = key
+                    found += 1
+                    yield ObjectInfo(path=path, size=int(item["Size"]), etag=item.get("ETag"))
+        except SourceError:
+            raise
+        except Exception as exc:
+            raise self._conn.error(exc, "listing", target) from exc
+        if not found:
+            if head_error is not None:
+                raise head_error
+            raise SourceNotFound(f"no objects under {target}", uri=target)
+
+    # --- open ---------------------------------------------------------------------------------
+
+    def open(self, obj: ObjectInfo, *, offset: int = 0) -> AbstractAsyncContextManager[AsyncIterator[bytes]]:
+        """Open one listed object from ``offset``; yields its chunks as they arrive."""
+        return self._open(obj, offset)
+
+    def _key_of(self, obj: ObjectInfo) -> str:
+        key = self._keys.get(obj.path)
+        if key is not None:
+            return key
+        return _as_prefix(self.key) + str(obj.path)
+
+    @asynccontextmanager
+    async def _open(self, obj: ObjectInfo, offset: int) -> AsyncIterator[AsyncIterator[bytes]]:
+        key = self._key_of(obj)
+        target = s3_uri(self.bucket, key)
+        if offset < 0 or (obj.size is not None and offset > obj.size):
+            raise SourceError(f"opening {target}: offset {offset} is outside its {obj.size} bytes", uri=target)
+        if obj.size is not None and offset == obj.size:
+            yield _nothing()  # nothing left to read: a Range past the end would be a 416
+            return
+        part_size = choose_part_size(obj.size, self.part_size)
+        if self.ranged_reads and obj.size is not None and obj.size - offset > part_size:
+            ranged = self._ranged(key, obj, offset, part_size)
+            try:
+                yield ranged
+            finally:
+                await ranged.aclose()
+            return
+        body = await self._get(key, obj, f"bytes={offset}-" if offset else None)
+        chunks = self._chunks(body, target, str(obj.path))
+        try:
+            yield chunks
+        finally:
+            await chunks.aclose()
+            body.close()  # drops the connection if the body was not read to its end
+
+    async def _get(self, key: str, obj: ObjectInfo, byte_range: str | None) -> Any:
+        """GET the object (or a range of it), pinned to the listed ETag; returns the streaming body."""
+        client = await self._conn.client()
+        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": key}
+        if byte_range:
+            kwargs["Range"] = byte_range
+        if obj.etag:
+            kwargs["IfMatch"] = obj.etag
+        try:
+            response = await client.get_object(**kwargs)
+        except Exception as exc:
+            raise self._conn.error(exc, "reading", s3_uri(self.bucket, key), path=str(obj.path)) from exc
+        return response["Body"]
+
+    async def _chunks(self, body: Any, target: str, path: str) -> AsyncGenerator[bytes, None]:
+        try:
+            async for chunk in body.iter_chunks(CHUNK_SIZE):
+                yield chunk
+        except Exception as exc:
+            raise self._conn.error(exc, "reading", target, path=path) from exc
+
+    async def _read_range(self, key: str, obj: ObjectInfo, start: int, end: int) -> builtins.list[bytes]:
+        """GET bytes ``start..end`` (inclusive) and return them as the chunks that arrived."""
+        target = s3_uri(self.bucket, key)
+        body = await self._get(key, obj, f"bytes={start}-{end}")
+        try:
+            return [chunk async for chunk in self._chunks(body, target, str(obj.path))]
+        finally:
+            body.close()
+
+    async def _ranged(self, key: str, obj: ObjectInfo, offset: int, part_size: int) -> AsyncGenerator[bytes, None]:
+        """Yield the object from ``offset`` via ``parallel_parts`` ranged GETs in flight, in order."""
+        assert obj.size is not None
+        starts = iter(range(offset, obj.size, part_size))
+        in_flight: deque[asyncio.Task[builtins.list[bytes]]] = deque()
+
+        def launch() -> None:
+            start = next(starts, None)
+            if start is not None:
+                end = min(start + part_size, obj.size or 0) - 1
+                in_flight.append(asyncio.create_task(self._read_range(key, obj, start, end)))
+
+        try:
+            for _ in range(self.parallel_parts):
+                launch()
+            while in_flight:
+                chunks = await in_flight.popleft()
+                launch()  # keep parallel_parts ranges in flight while this one is passed on
+                for chunk in chunks:
+                    yield chunk
+                del chunks
+        finally:
+            for task in in_flight:
+                task.cancel()
+            if in_flight:
+                await asyncio.gather(*in_flight, return_exceptions=True)
+
+    async def close(self) -> None:
+        """Close the S3 client."""
+        await self._conn.close()
+
+
+def _as_prefix(key: str) -> str:
+    """``models/m`` -> ``models/m/``; ``""`` (the bucket root) stays ``""``."""
+    key = key.strip("/")
+    return key + "/" if key else ""
+
+
+async def _nothing() -> AsyncIterator[bytes]:
+    return
+    yield  # an async generator that yields nothing
