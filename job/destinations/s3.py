@@ -119,22 +119,28 @@ class _PartReader:
         un-shares (a copy of the part) and re-reads in 64 KiB copies; a bytearray is sent as it is.
         Measured on 512 MiB, 2 files x 4 parts: the same client CPU, 15-30 MiB less peak RSS.
         """
-        pieces: list[bytes | memoryview] = []
+        # Chunks are copied into one buffer of the part's size as they arrive, and dropped at once:
+        # collecting them first and joining at the end held every part twice at its peak.
+        buffer = bytearray(size)
+        view = memoryview(buffer)
         digest = self._new_hash()
-        remaining = size
-        while remaining > 0:
+        filled = 0
+        while filled < size:
             chunk = await self._next()
             if not chunk:
                 break
-            if len(chunk) > remaining:
-                view = memoryview(chunk)
-                chunk, self._pending = view[:remaining], view[remaining:]
+            room = size - filled
+            if len(chunk) > room:
+                whole = memoryview(chunk)
+                chunk, self._pending = whole[:room], whole[room:]
             digest.update(chunk)
-            pieces.append(chunk)
-            remaining -= len(chunk)
-        self.consumed += size - remaining
-        # One allocation of the exact size, one copy (growing a bytearray chunk by chunk re-copies it).
-        return bytearray().join(pieces), base64.b64encode(digest.digest()).decode("ascii")
+            view[filled : filled + len(chunk)] = chunk
+            filled += len(chunk)
+        view.release()
+        self.consumed += filled
+        if filled < size:
+            del buffer[filled:]  # the last part: shrink in place
+        return buffer, base64.b64encode(digest.digest()).decode("ascii")
 
 
 class S3Destination:
