@@ -296,6 +296,8 @@ def _oci_login_values(side: str, config: DockerConfig, above: Mapping[str, Any],
                 f"set {setting_name(side + '_oci_registry')} or {setting_name(side + '_oci_uri')} to pick one"
             )
     login = config.lookup(registry)
+    if login is None and config.has(registry):
+        return {f"{side}_oci_registry": registry}  # an anonymous entry: no login to send
     if login is None:
         raise ConfigError(
             f"{setting}: no login for registry {registry} in the docker config "

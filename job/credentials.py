@@ -116,9 +116,9 @@ _DOCKER_HUB_ALIASES = frozenset({"docker.io", "index.docker.io", "registry-1.doc
 
 
 class DockerConfig:
-    """A parsed ``.dockerconfigjson``: registry host -> login."""
+    """A parsed ``.dockerconfigjson``: registry host -> login, or None for an anonymous entry."""
 
-    def __init__(self, logins: dict[str, RegistryLogin]) -> None:
+    def __init__(self, logins: dict[str, RegistryLogin | None]) -> None:
         self._logins = logins
 
     def __repr__(self) -> str:  # never print the logins
@@ -129,16 +129,23 @@ class DockerConfig:
         """The registry hosts this config has logins for."""
         return sorted(self._logins)
 
-    def lookup(self, registry: str) -> RegistryLogin | None:
-        """The login for ``registry`` (a host, host:port, or any of docker's key spellings)."""
+    def _key(self, registry: str) -> str | None:
         host = _normalise_registry_key(registry)
         if host in self._logins:
-            return self._logins[host]
+            return host
         if host in _DOCKER_HUB_ALIASES:
-            for alias in _DOCKER_HUB_ALIASES:
-                if alias in self._logins:
-                    return self._logins[alias]
+            return next((alias for alias in sorted(_DOCKER_HUB_ALIASES) if alias in self._logins), None)
         return None
+
+    def has(self, registry: str) -> bool:
+        """Whether the config has an entry (a login, or an anonymous one) for ``registry``."""
+        return self._key(registry) is not None
+
+    def lookup(self, registry: str) -> RegistryLogin | None:
+        """The login for ``registry`` (a host, host:port, or any of docker's key spellings); None if
+        there is no entry or the entry is anonymous (``"auth": ""``)."""
+        key = self._key(registry)
+        return self._logins[key] if key is not None else None
 
 
 def _resolve_dockerconfig_file(path: Path, setting: str) -> Path:
@@ -173,7 +180,7 @@ def read_docker_config(path: Path, *, setting: str) -> DockerConfig:
     auths = doc.get("auths", doc if file.name == ".dockercfg" else None)
     if not isinstance(auths, dict):
         raise ConfigError(f'{setting}: {file} has no "auths" object')
-    logins: dict[str, RegistryLogin] = {}
+    logins: dict[str, RegistryLogin | None] = {}
     for key, entry in auths.items():
         if not isinstance(entry, dict):
             raise ConfigError(f"{setting}: entry {key!r} in {file} is not an object")
@@ -181,8 +188,12 @@ def read_docker_config(path: Path, *, setting: str) -> DockerConfig:
     return DockerConfig(logins)
 
 
-def _login_from_entry(key: str, entry: dict[str, Any], file: Path, setting: str) -> RegistryLogin:
+def _login_from_entry(key: str, entry: dict[str, Any], file: Path, setting: str) -> RegistryLogin | None:
     auth = entry.get("auth")
+    user, secret = entry.get("username"), entry.get("password")
+    if auth == "" and not user and not secret:
+        # An anonymous entry, as upstream's own sample writes for a registry without auth.
+        return None
     if auth:
         try:
             decoded = base64.b64decode(str(auth), validate=True).decode("utf-8")
@@ -192,7 +203,6 @@ def _login_from_entry(key: str, entry: dict[str, Any], file: Path, setting: str)
         if not sep or not username:
             raise ConfigError(f'{setting}: entry {key!r} in {file}: "auth" does not decode to user:password')
         return RegistryLogin(username, SecretStr(password))
-    user, secret = entry.get("username"), entry.get("password")
     if isinstance(user, str) and user and isinstance(secret, str):
         return RegistryLogin(user, SecretStr(secret))
     raise ConfigError(f'{setting}: entry {key!r} in {file} has neither "auth" nor "username" and "password"')

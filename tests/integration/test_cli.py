@@ -195,3 +195,12 @@ def test_termination_message_on_success_is_upstream_json(tmp_path: Path) -> None
         "uri": "oci://r/m:v1",
         "digest": "sha256:abc",
     }
+
+
+def test_upstream_entrypoint_module_still_runs(tmp_path: Path) -> None:
+    """Manifests written for the upstream image run ``python -m job.entrypoint``."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "job.entrypoint", "--source-type", "gcs"], cwd=REPO, capture_output=True, text=True,
+        env={**os.environ, "TERMINATION_MESSAGE_PATH": str(tmp_path / "tm")}, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 2 and "MODEL_SYNC_SOURCE_TYPE" in proc.stderr

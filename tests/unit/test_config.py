@@ -423,3 +423,12 @@ def test_include_exclude_globs_are_comma_separated() -> None:
     cfg = job([*BASE, *S3_SRC, *OCI_DST, "--source-include", "*.json, *.safetensors", "--source-exclude", "onnx/"])
     assert cfg.include == ("*.json", "*.safetensors")
     assert cfg.exclude == ("onnx/",)
+
+
+def test_dockerconfig_anonymous_entry_means_no_login(tmp_path: Path) -> None:
+    """Upstream's own sample writes {"auth": ""} for a registry without auth: it must run unchanged."""
+    cfg = docker_config(tmp_path, {"registry.example.com": {"auth": "", "email": "user@example.com"}})
+    s = load_settings(
+        ["--destination-oci-credentials-path", str(cfg), "--destination-oci-uri", "registry.example.com/m:1"]
+    )
+    assert (s.destination_oci_username, s.destination_oci_password) == (None, None)
