@@ -19,7 +19,7 @@ from typing import NoReturn
 
 from pydantic import SecretStr
 
-from job.config import JobConfig, Settings, build_job_config, load_settings
+from job.config import JobConfig, Settings, build_job_config, load_settings, unknown_env_settings
 from job.errors import ModelSyncError
 from job.logs import RedactSecrets, configure_logging
 
@@ -61,6 +61,8 @@ def run(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> int:
         termination_path = settings.termination_message_path
         redactor = configure_logging(settings.log_level, settings.log_format, _secrets_of(settings, None))
         logging.getLogger("job.model_registry").setLevel(settings.registry_log_level)
+        for unknown in unknown_env_settings(env):
+            log.warning("ignoring env var %s: it is not a model-sync setting", unknown)
         config = build_job_config(settings, env)
         redactor.add(_secrets_of(None, config))
 

@@ -372,6 +372,19 @@ def load_settings(argv: Sequence[str]) -> Settings:
         raise _config_error(exc) from None
 
 
+def unknown_env_settings(environ: Mapping[str, str]) -> list[str]:
+    """``MODEL_SYNC_*`` env vars that name no setting (typos), each with a suggestion when one is close."""
+    import difflib
+
+    known = {env_name(f) for f in Settings.model_fields}
+    notes = []
+    for name in sorted(environ):
+        if name.startswith(ENV_PREFIX) and name not in known:
+            close = difflib.get_close_matches(name, known, n=1)
+            notes.append(f"{name} (did you mean {close[0]}?)" if close else name)
+    return notes
+
+
 def _config_error(exc: ValidationError) -> ConfigError:
     first = exc.errors(include_input=False, include_url=False)[0]
     field = str(first["loc"][0]) if first["loc"] else ""

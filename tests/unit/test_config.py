@@ -432,3 +432,10 @@ def test_dockerconfig_anonymous_entry_means_no_login(tmp_path: Path) -> None:
         ["--destination-oci-credentials-path", str(cfg), "--destination-oci-uri", "registry.example.com/m:1"]
     )
     assert (s.destination_oci_username, s.destination_oci_password) == (None, None)
+
+
+def test_unknown_env_settings_are_reported_with_a_suggestion() -> None:
+    from job.config import unknown_env_settings
+
+    notes = unknown_env_settings({"MODEL_SYNC_SOURCE_AWS_BUKET": "x", "MODEL_SYNC_SOURCE_TYPE": "s3", "HOME": "/"})
+    assert notes == ["MODEL_SYNC_SOURCE_AWS_BUKET (did you mean MODEL_SYNC_SOURCE_AWS_BUCKET?)"]
