@@ -3,4 +3,4 @@
 from __future__ import annotations
 
 # Each server kind registers its fixtures from its own module.
-pytest_plugins: list[str] = ["tests.servers.s3"]
+pytest_plugins: list[str] = ["tests.servers.s3", "tests.servers.registry", "tests.servers.http"]

@@ -1,0 +1,283 @@
+"""Source ``oci``: the model in an image (a KServe modelcar) or an ORAS artifact, read with ranged GETs.
+
+``list()`` resolves ``config.source.reference`` (an index picks ``platform``, default
+``linux/<this machine>``) and tells the two kinds apart:
+
+* **Image**: the config is an image config and every layer is a tar layer. The files are those under
+  ``models/`` of the flattened layers (:class:`job.oci_layers.ModelTree`: later layers win, whiteouts and
+  links handled), named relative to ``models/``. Uncompressed layers are listed by reading their tar
+  headers with small ranged GETs (:class:`job.oci_layers.RangedInput`), so a 10 GiB modelcar lists in
+  kilobytes; gzip layers are streamed and decompressed once. A layer labelled tar that starts with the
+  gzip magic is read as gzip. zstd layers are refused (KServe cannot read them either).
+  ``ObjectInfo.digest`` stays None: a layer digest is not the file's digest.
+* **ORAS artifact** (anything else): each layer with an ``org.opencontainers.image.title`` annotation is
+  one file named by it (checked by ``safe_relative_path``), with the layer's size and digest, which *is*
+  the file's digest (the engine verifies it). A layer marked ``io.deis.oras.content.unpack`` (oras-go)
+  or typed tar+gzip (oras-py) is a directory packed by ``oras push``: its tar(.gz) is listed like an
+  image layer, rooted at the title.
+
+``open(obj, offset)``: a ranged GET of exactly the file's bytes (ORAS layers, uncompressed layers); for
+a gzip layer the layer is streamed again, decompressed, and the member's bytes yielded (a model that is
+many files in one gzip layer is read once per file: such images are rare, modelcars use one layer per
+file).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import logging
+import platform as host_platform
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+from typing import Any
+
+from job.config import JobConfig, OciLocation
+from job.errors import ConfigError, SourceError, SourceNotFound
+from job.oci_client import RegistryClient
+from job.oci_layers import FileLocation, ModelTree, RangedInput, StreamInput, TarMember, inflate, scan_tar
+from job.oci_protocol import ANNOTATION_TITLE, DOCKER_CONFIG, INDEX_TYPES, OCI_CONFIG, OCI_LAYER_TAR_GZIP
+from job.oci_ref import parse_reference
+from job.sources.base import ObjectInfo, safe_relative_path
+
+log = logging.getLogger(__name__)
+
+ANNOTATION_UNPACK = "io.deis.oras.content.unpack"
+_MACHINE_ARCH = {
+    "x86_64": "amd64",
+    "amd64": "amd64",
+    "aarch64": "arm64",
+    "arm64": "arm64",
+    "ppc64le": "ppc64le",
+    "s390x": "s390x",
+}
+_PARALLEL_SCANS = 8
+
+
+def default_platform() -> str:
+    """``linux/<arch>`` of this machine, in OCI's names (x86_64 -> amd64, aarch64 -> arm64)."""
+    machine = host_platform.machine().lower()
+    return f"linux/{_MACHINE_ARCH.get(machine, machine)}"
+
+
+def layer_compression(media_type: str) -> str | None:
+    """``"tar"``, ``"gzip"`` or ``"zstd"`` for a tar layer media type (OCI or Docker); None otherwise."""
+    if media_type.endswith(("diff.tar.gzip", ".tar+gzip")):
+        return "gzip"
+    if media_type.endswith((".tar+zstd", "diff.tar.zstd")):
+        return "zstd"
+    if media_type.endswith((".layer.v1.tar", "diff.tar")):
+        return "tar"
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class _Layer:
+    digest: str
+    size: int
+    compression: str  # "tar", "gzip", or "blob" (an ORAS file: the blob is the file)
+
+
+class OciSource:
+    """Read a model from an image or ORAS artifact (see the module docstring)."""
+
+    def __init__(self, location: OciLocation, *, max_connections: int = 16) -> None:
+        self.location = location
+        self.ref = parse_reference(location.reference)
+        self.platform = location.platform or default_platform()
+        self.uri = f"oci://{self.ref}"
+        self.client = RegistryClient(
+            self.ref.api_host,
+            username=location.username,
+            password=location.password,
+            tls_verify=location.tls_verify,
+            ca_bundle=location.ca_bundle,
+            side="source",
+            max_connections=max_connections,
+        )
+        self._layers: builtins.list[_Layer] = []
+        self._files: dict[PurePosixPath, FileLocation] = {}
+
+    @classmethod
+    def from_config(cls, config: JobConfig) -> OciSource:
+        """Build from ``config.source`` (an :class:`OciLocation`)."""
+        if not isinstance(config.source, OciLocation):
+            raise ConfigError("OciSource needs an oci source location")
+        return cls(config.source, max_connections=2 * config.parallel_files + 4)
+
+    # --- resolving ------------------------------------------------------------------------------
+
+    async def _resolve(self) -> dict[str, Any]:
+        repo = self.ref.repository
+        manifest = await self.client.get_manifest(repo, self.ref.reference)
+        for _ in range(3):  # an index of indexes is allowed, to a bounded depth
+            document = manifest.json()
+            if manifest.media_type not in INDEX_TYPES and document.get("mediaType") not in INDEX_TYPES:
+                return document
+            manifest = await self.client.get_manifest(repo, self._pick(document))
+        raise SourceError(f"reading {self.uri}: indexes nested too deep", uri=self.uri)
+
+    def _pick(self, index: dict[str, Any]) -> str:
+        os_name, _, rest = self.platform.partition("/")
+        arch, _, variant = rest.partition("/")
+        entries = [e for e in index.get("manifests", []) if (e.get("platform") or {}).get("os") != "unknown"]
+        for entry in entries:
+            p = entry.get("platform") or {}
+            if (
+                p.get("os") == os_name
+                and p.get("architecture") == arch
+                and (not variant or p.get("variant") == variant)
+            ):
+                return str(entry["digest"])
+        if len(entries) == 1 and not entries[0].get("platform"):
+            return str(entries[0]["digest"])
+        offered = sorted(
+            {
+                "/".join(filter(None, [(e.get("platform") or {}).get(k) for k in ("os", "architecture", "variant")]))
+                for e in entries
+            }
+        )
+        raise SourceNotFound(
+            f"reading {self.uri}: no manifest for platform {self.platform} (it has {', '.join(offered) or 'none'})",
+            uri=self.uri,
+        )
+
+    # --- listing --------------------------------------------------------------------------------
+
+    async def list(self) -> AsyncIterator[ObjectInfo]:
+        """Yield the model's files (see the module docstring)."""
+        self._layers, self._files = [], {}
+        manifest = await self._resolve()
+        layers = manifest.get("layers")
+        if not isinstance(layers, list) or not layers:
+            raise SourceNotFound(f"reading {self.uri}: the manifest has no layers", uri=self.uri)
+        config_type = (manifest.get("config") or {}).get("mediaType")
+        is_image = config_type in (OCI_CONFIG, DOCKER_CONFIG) and all(
+            layer_compression(str(d.get("mediaType"))) for d in layers
+        )
+        objects = await (self._list_image(layers) if is_image else self._list_artifact(layers))
+        if not objects:
+            where = "under /models" if is_image else "in its layers (none has a title annotation)"
+            raise SourceNotFound(f"reading {self.uri}: no files {where}", uri=self.uri)
+        for obj in objects:
+            yield obj
+
+    def _add_layer(self, descriptor: dict[str, Any], compression: str) -> int:
+        self._layers.append(_Layer(str(descriptor["digest"]), int(descriptor["size"]), compression))
+        return len(self._layers) - 1
+
+    async def _list_artifact(self, layers: builtins.list[dict[str, Any]]) -> builtins.list[ObjectInfo]:
+        objects: builtins.list[ObjectInfo] = []
+        for descriptor in layers:
+            annotations = descriptor.get("annotations") or {}
+            title = annotations.get(ANNOTATION_TITLE)
+            if not title:
+                log.warning(
+                    "%s: skipping layer %s, which has no %s annotation",
+                    self.uri,
+                    descriptor.get("digest"),
+                    ANNOTATION_TITLE,
+                )
+                continue
+            path = safe_relative_path(str(title), what=f"ORAS layer title in {self.uri}")
+            # A directory packed by `oras push`: oras-go marks it with the unpack annotation, oras-py
+            # only with the tar+gzip media type (its pull extracts every layer of that type).
+            unpack = str(annotations.get(ANNOTATION_UNPACK, "")).lower() == "true"
+            if unpack or descriptor.get("mediaType") == OCI_LAYER_TAR_GZIP:
+                tree = ModelTree(path.as_posix(), what=self.uri)
+                compression = layer_compression(str(descriptor.get("mediaType"))) or "gzip"
+                index = self._add_layer(descriptor, compression)
+                tree.apply(index, await self._scan(index))
+                for rel, location in tree.files().items():
+                    self._files[path / rel] = location
+                    objects.append(ObjectInfo(path=path / rel, size=location.size))
+                continue
+            index = self._add_layer(descriptor, "blob")
+            size = int(descriptor["size"])
+            self._files[path] = FileLocation(index, 0, size)
+            objects.append(ObjectInfo(path=path, size=size, digest=str(descriptor["digest"])))
+        return objects
+
+    async def _list_image(self, layers: builtins.list[dict[str, Any]]) -> builtins.list[ObjectInfo]:
+        indexes = []
+        for descriptor in layers:
+            compression = layer_compression(str(descriptor.get("mediaType")))
+            if compression == "zstd":
+                raise SourceError(
+                    f"reading {self.uri}: zstd layers are not supported (layer {descriptor['digest']})", uri=self.uri
+                )
+            indexes.append(self._add_layer(descriptor, compression or "tar"))
+        # Layers are scanned in parallel (bounded) and applied in order.
+        limit = asyncio.Semaphore(_PARALLEL_SCANS)
+
+        async def scan(index: int) -> builtins.list[TarMember]:
+            async with limit:
+                return await self._scan(index)
+
+        tasks = [asyncio.create_task(scan(i)) for i in indexes]
+        try:
+            scanned = await asyncio.gather(*tasks)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        tree = ModelTree("models", what=self.uri)
+        for index, members in zip(indexes, scanned, strict=True):
+            tree.apply(index, members)
+        self._files = tree.files()
+        return [ObjectInfo(path=path, size=location.size) for path, location in self._files.items()]
+
+    async def _scan(self, index: int) -> builtins.list[TarMember]:
+        layer = self._layers[index]
+        what = f"reading {self.uri} layer {layer.digest}"
+        repo = self.ref.repository
+        if layer.compression == "tar":
+            ranged = RangedInput(
+                lambda start, length: self.client.read_blob(repo, layer.digest, start=start, length=length), layer.size
+            )
+            if (await ranged.read(2)).startswith(b"\x1f\x8b"):  # labelled tar, but gzip: read it as gzip
+                self._layers[index] = layer = _Layer(layer.digest, layer.size, "gzip")
+            else:
+                ranged.position = 0
+                members = [m async for m in scan_tar(ranged, what)]
+                log.debug("%s: %d tar entries in %d ranged reads", what, len(members), ranged.requests)
+                return members
+        async with self.client.open_blob(repo, layer.digest, what=what) as body:
+            return [m async for m in scan_tar(StreamInput(inflate(body, what)), what)]
+
+    # --- reading --------------------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def open(self, obj: ObjectInfo, *, offset: int = 0) -> AsyncIterator[AsyncIterator[bytes]]:
+        """Stream one listed file from ``offset``."""
+        location = self._files.get(obj.path)
+        if location is None:
+            raise SourceNotFound(f"reading {obj.path} from {self.uri}: not listed", uri=self.uri, path=str(obj.path))
+        if not 0 <= offset <= location.size:
+            raise SourceError(f"reading {obj.path} from {self.uri}: offset {offset} is past its end", uri=self.uri)
+        layer = self._layers[location.layer]
+        what = f"reading {obj.path} from {self.uri}"
+        repo = self.ref.repository
+        if layer.compression != "gzip":
+            start, end = location.offset + offset, location.offset + location.size
+            if start == end:
+                yield _empty()
+                return
+            async with self.client.open_blob(repo, layer.digest, start=start, end=end, what=what) as body:
+                yield body
+            return
+        async with self.client.open_blob(repo, layer.digest, what=what) as body:
+            stream = StreamInput(inflate(body, what))
+            await stream.skip(location.offset + offset)
+            yield stream.iter_part(location.size - offset)
+
+    async def close(self) -> None:
+        """Close the registry connections."""
+        await self.client.aclose()
+
+
+async def _empty() -> AsyncIterator[bytes]:
+    return
+    yield b""  # pragma: no cover - makes this an async generator
