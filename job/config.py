@@ -190,9 +190,10 @@ class Settings(BaseSettings):
     registry_custom_ca_envvar: str | None = Field(None, description="Name of an env var holding the CA path.")
     registry_log_level: str = Field("WARNING", description="Log level of the Model Registry client.")
 
-    # --- transfer engine: memory is bounded by parallel_files x parallel_parts x part size ---
+    # --- transfer engine: part buffers are bounded by parallel_files x (parallel_parts + 1) x part size,
+    # 4 x 3 x 8 MiB = 96 MiB with the defaults (see job.transfer.TransferSettings) ---
     parallel_files: int = Field(4, ge=1, le=64, description="Files moved at once.")
-    parallel_parts: int = Field(4, ge=1, le=64, description="Parts in flight per multipart upload.")
+    parallel_parts: int = Field(2, ge=1, le=64, description="Parts in flight per multipart upload.")
     part_size_mib: int | None = Field(
         None, ge=5, le=5120, description="Multipart part size in MiB (default: chosen from the file size)."
     )

@@ -143,6 +143,51 @@ class _PartReader:
         return buffer, base64.b64encode(digest.digest()).decode("ascii")
 
 
+class PartBody:
+    """A part's bytes as botocore and aiohttp should see them: sent in slices, never copied whole.
+
+    Given a ``bytearray``, aiohttp 3.14 on Python < 3.12.9 joins the request headers with the whole
+    body into one new ``bytes`` (its writelines fallback), and asyncio's transport then copies what the
+    socket did not take: three copies of every part in flight. As an async iterable (aiohttp's
+    ``AsyncIterablePayload``, sized by the Content-Length botocore sets from ``len()``), the part goes
+    out in ``SLICE``-sized memoryviews and the transport holds at most about one slice.
+    ``read``/``seek``/``tell`` are what botocore needs to validate the body and to rewind it before it
+    retries a request; nothing here copies the part.
+    """
+
+    SLICE = 1024 * 1024
+
+    __slots__ = ("_data", "_pos")
+
+    def __init__(self, data: bytearray) -> None:
+        self._data = data
+        self._pos = 0
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def read(self, size: int = -1) -> bytes:
+        """Sync read, for botocore's checks (not the hot path: aiohttp iterates instead)."""
+        end = len(self._data) if size is None or size < 0 else min(len(self._data), self._pos + size)
+        chunk = bytes(self._data[self._pos : end])
+        self._pos = end
+        return chunk
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        base = {0: 0, 1: self._pos, 2: len(self._data)}[whence]
+        self._pos = max(0, min(len(self._data), base + offset))
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    async def __aiter__(self) -> AsyncIterator[memoryview]:
+        view = memoryview(self._data)
+        while self._pos < len(self._data):
+            start, self._pos = self._pos, min(len(self._data), self._pos + self.SLICE)
+            yield view[start : self._pos]
+
+
 class S3Destination:
     """A :class:`~job.destinations.base.Destination` writing files under a key prefix of one bucket."""
 
@@ -216,7 +261,7 @@ class S3Destination:
             response = await client.put_object(
                 Bucket=self.bucket,
                 Key=key,
-                Body=body,
+                Body=PartBody(body),
                 ChecksumAlgorithm=self.checksum,
                 **{self._checksum_field: checksum},
             )
@@ -308,7 +353,7 @@ class S3Destination:
                 Key=key,
                 UploadId=upload_id,
                 PartNumber=number,
-                Body=body,
+                Body=PartBody(body),
                 ChecksumAlgorithm=self.checksum,
                 **{self._checksum_field: checksum},
             )

@@ -327,3 +327,18 @@ async def test_a_client_that_cannot_be_built_is_a_mapped_error() -> None:
 def test_model_sync_errors_pass_through() -> None:
     original = SourceNotFound("no objects under s3://b/p/")
     assert map_s3_error(original, side="source", doing="x", target="y") is original
+
+
+async def test_part_body_streams_slices_of_the_part_without_copying() -> None:
+    from job.destinations.s3 import PartBody
+
+    data = bytearray(b"x" * (PartBody.SLICE * 2 + 5))
+    body = PartBody(data)
+    assert len(body) == len(data)
+    slices = [piece async for piece in body]
+    assert [len(piece) for piece in slices] == [PartBody.SLICE, PartBody.SLICE, 5]
+    assert all(isinstance(piece, memoryview) and piece.obj is data for piece in slices)
+    assert body.tell() == len(data)
+    body.seek(0)  # botocore rewinds before a retry
+    assert body.read(3) == b"xxx" and body.tell() == 3
+    assert len(b"".join([bytes(p) async for p in body])) == len(data) - 3
