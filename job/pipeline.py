@@ -152,7 +152,14 @@ async def sync(
             rate,
             result.uri,
             f" @ {result.digest}" if result.digest else "",
-            extra={"files": done.files, "bytes": done.bytes, "seconds": round(done.seconds, 3), "uri": result.uri},
+            extra={
+                "files": done.files,
+                "bytes": done.bytes,
+                "seconds": round(done.seconds, 3),
+                "mb_per_s": round(rate, 1),
+                "uri": result.uri,
+                "digest": result.digest,
+            },
         )
     return result
 

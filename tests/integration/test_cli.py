@@ -204,3 +204,11 @@ def test_upstream_entrypoint_module_still_runs(tmp_path: Path) -> None:
         env={**os.environ, "TERMINATION_MESSAGE_PATH": str(tmp_path / "tm")}, timeout=60,
     )  # fmt: skip
     assert proc.returncode == 2 and "MODEL_SYNC_SOURCE_TYPE" in proc.stderr
+
+
+def test_json_log_format_gives_json_lines(tmp_path: Path, tripwire: Tripwire) -> None:
+    env = {**common(tripwire.port), "MODEL_SYNC_LOG_FORMAT": "json", "MODEL_SYNC_SOURCE_AWS_BUCKET": ""}
+    code, _, stderr, message = run_job([], env, tmp_path)
+    assert code == 2
+    docs = [json.loads(line) for line in stderr.strip().splitlines()]
+    assert docs[-1]["level"] == "ERROR" and docs[-1]["message"] == message

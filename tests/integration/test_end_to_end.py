@@ -259,5 +259,7 @@ def test_route_with_intent(stack: Stack, source: str, destination: str, intent: 
         version = httpx.get(f"{stack.registry.api_url}/model_versions/{result['ModelVersion.id']}").json()
         assert version["state"] == "LIVE"
     assert read_back(result["uri"]) == model
+    summary = [line for line in stderr.splitlines() if "job.pipeline: done: " in line]
+    assert len(summary) == 1 and "files, " in summary[0] and "MB/s" in summary[0] and result["uri"] in summary[0]
     for secret in (stack.s3.secret_key, stack.oci_tls.password or "-"):
         assert secret not in stderr + message
