@@ -9,17 +9,28 @@ failure the same one-line error that went to the log.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import logging
 import os
 import sys
-from collections.abc import Iterable, Mapping, Sequence
+import threading
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import NoReturn
 
 from pydantic import SecretStr
 
-from job.config import JobConfig, Settings, build_job_config, load_settings, unknown_env_settings
+from job.config import (
+    JobConfig,
+    OciLocation,
+    S3Location,
+    Settings,
+    UriLocation,
+    build_job_config,
+    load_settings,
+    unknown_env_settings,
+)
 from job.errors import ModelSyncError
 from job.logs import RedactSecrets, configure_logging
 
@@ -39,14 +50,84 @@ def write_termination_message(path: Path, message: str) -> None:
         log.debug("no termination message written to %s: %s", path, exc.strerror)
 
 
+class StopWatchdog:
+    """After SIGTERM, the process exits within ``seconds`` even if a cleanup step hangs (a stuck socket,
+    a blocked thread): a timer thread writes the termination message and ends the process with 143.
+
+    Graceful cleanup is bounded well inside this (``job.pipeline.STOP_SHARE_*``); this is the backstop
+    that keeps the promise to Kubernetes, whose SIGKILL would otherwise leave no termination message.
+    """
+
+    def __init__(self, seconds: float, termination_path: Path, *, exit: Callable[[int], object] = os._exit) -> None:
+        self.seconds = seconds
+        self.termination_path = termination_path
+        self._exit = exit
+        self._timer: threading.Timer | None = None
+
+    def arm(self) -> None:
+        """Start the countdown (once)."""
+        if self._timer is None:
+            self._timer = threading.Timer(self.seconds, self._expire)
+            self._timer.daemon = True
+            self._timer.start()
+
+    def disarm(self) -> None:
+        """The job ended on its own: no hard exit."""
+        if self._timer is not None:
+            self._timer.cancel()
+
+    def _expire(self) -> None:
+        message = f"stopped by SIGTERM: cleanup did not finish within {self.seconds:.0f} s"
+        log.error("%s; exiting now", message)
+        write_termination_message(self.termination_path, message)
+        for handler in logging.getLogger().handlers:
+            handler.flush()
+        self._exit(143)
+
+
 def _secrets_of(settings: Settings | None, config: JobConfig | None) -> Iterable[str]:
+    """Every secret value the job holds, and the forms it is sent in (``user:password`` in base64 for Basic
+    auth), for the log redactor and the termination message: the safety net behind keeping them out of
+    messages in the first place."""
     if settings is not None:
         for name in Settings.model_fields:
             value = getattr(settings, name)
             if isinstance(value, SecretStr):
                 yield value.get_secret_value()
-    if config is not None and config.registry.token is not None:
+    if config is None:
+        return
+    if config.registry.token is not None:
         yield config.registry.token.get_secret_value()
+    for location in (config.source, config.destination):
+        if isinstance(location, S3Location):
+            for key in (location.access_key_id, location.secret_access_key):
+                if key is not None:
+                    yield key.get_secret_value()
+        elif isinstance(location, UriLocation):
+            for header in location.headers.values():
+                yield from _header_secrets(header.get_secret_value())
+            if location.hf_token is not None:
+                yield location.hf_token.get_secret_value()
+        elif isinstance(location, OciLocation):
+            logins = [(location.username, location.password)]
+            if location.docker_config is not None:
+                for registry in location.docker_config.registries:
+                    login = location.docker_config.lookup(registry)
+                    if login is not None:
+                        logins.append((login.username, login.password))
+            for username, password in logins:
+                if password is not None:
+                    yield password.get_secret_value()
+                    basic = f"{username or ''}:{password.get_secret_value()}".encode()
+                    yield base64.b64encode(basic).decode("ascii")
+
+
+def _header_secrets(value: str) -> Iterable[str]:
+    """A header value, and its credential alone (``Bearer abc`` -> ``abc`` too)."""
+    yield value
+    scheme, _, credential = value.partition(" ")
+    if credential and scheme.isalpha():
+        yield credential.strip()
 
 
 def run(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> int:
@@ -69,7 +150,11 @@ def run(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> int:
         from job.pipeline import plan_job, run_until_terminated  # imports the backends' libraries
 
         plan = plan_job(config)
-        result = asyncio.run(run_until_terminated(plan))
+        watchdog = StopWatchdog(config.stop_timeout, termination_path)
+        try:
+            result = asyncio.run(run_until_terminated(plan, on_sigterm=watchdog.arm))
+        finally:
+            watchdog.disarm()
     except ModelSyncError as exc:
         message = redactor.redact(str(exc))
         log.error("%s", message)

@@ -38,6 +38,7 @@ from pydantic_settings import (
 
 from job.credentials import DockerConfig, read_docker_config, read_s3_secret, read_uri_headers, read_uri_secret
 from job.errors import ConfigError
+from job.retry import RetrySettings
 
 ENV_PREFIX = "MODEL_SYNC_"
 DEFAULT_METADATA_PATH = Path("/etc/model-metadata")
@@ -196,6 +197,48 @@ class Settings(BaseSettings):
     parallel_parts: int = Field(2, ge=1, le=64, description="Parts in flight per multipart upload.")
     part_size_mib: int | None = Field(
         None, ge=5, le=5120, description="Multipart part size in MiB (default: chosen from the file size)."
+    )
+
+    # --- retries and timeouts (job.retry.RetrySettings): smallest unit first, a request, a part, a file ---
+    retry_attempts: int = Field(
+        5,
+        ge=1,
+        le=100,
+        description="Tries per request, the first included: transport errors, 408, 429, 5xx and S3 SlowDown are "
+        "retried, honouring Retry-After; auth, not-found and integrity errors never are.",
+    )
+    retry_file_attempts: int = Field(
+        3,
+        ge=1,
+        le=20,
+        description="Tries per file: a file whose transfer still fails that way is sent again from its start "
+        "(a broken read is first resumed at its offset where the source has ranges).",
+    )
+    retry_initial_wait: float = Field(
+        0.5, ge=0, le=60, description="Seconds the first retry waits at most; doubled for each further try (jitter)."
+    )
+    retry_max_wait: float = Field(
+        10.0, ge=0, le=600, description="Seconds: the longest wait between two tries when the server names none."
+    )
+    retry_after_max: float = Field(
+        60.0, ge=0, le=3600, description="Seconds: the longest Retry-After honoured; a longer one is cut to this."
+    )
+    connect_timeout: float = Field(
+        10.0, gt=0, le=600, description="Seconds to open a connection (TCP and TLS), for every network call."
+    )
+    read_timeout: float = Field(
+        60.0,
+        gt=0,
+        le=3600,
+        description="Seconds without a byte on an open connection before the call fails (and is retried); "
+        "no total timeout, so a large body may take as long as bytes keep moving.",
+    )
+    stop_timeout: float = Field(
+        8.0,
+        ge=1,
+        le=300,
+        description="Seconds from SIGTERM to exit: uploads are aborted and the registry restored within it "
+        "(keep it under the pod's terminationGracePeriodSeconds).",
     )
 
     # --- logs and Kubernetes ---
@@ -486,6 +529,10 @@ class JobConfig:
     """Globs a file must match to be copied (empty: every file)."""
     exclude: tuple[str, ...] = ()
     """Globs that drop a file, after ``include``."""
+    retry: RetrySettings = field(default_factory=RetrySettings)
+    """Retry budget and network timeouts, for every client."""
+    stop_timeout: float = 8.0
+    """Seconds from SIGTERM to exit."""
 
 
 def _globs(value: str | None) -> tuple[str, ...]:
@@ -701,4 +748,14 @@ def build_job_config(settings: Settings, environ: Mapping[str, str] | None = Non
         termination_message_path=settings.termination_message_path,
         include=_globs(settings.source_include),
         exclude=_globs(settings.source_exclude),
+        retry=RetrySettings(
+            attempts=settings.retry_attempts,
+            file_attempts=settings.retry_file_attempts,
+            initial_wait=settings.retry_initial_wait,
+            max_wait=settings.retry_max_wait,
+            retry_after_cap=settings.retry_after_max,
+            connect_timeout=settings.connect_timeout,
+            read_timeout=settings.read_timeout,
+        ),
+        stop_timeout=settings.stop_timeout,
     )

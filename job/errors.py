@@ -16,7 +16,9 @@ ModelSyncError                 .exit_code = 1; str() is the one-line message a u
 
 Library exceptions are mapped once, at the backend boundary, with ``raise ... from exc``. Messages follow
 "doing what, to which object: cause" and never carry credentials, ``Authorization`` headers or query strings.
-Whether an error is worth retrying is decided by a function in ``job.retry``, not by this tree.
+Whether an error is worth retrying is decided by a function in ``job.retry``, not by this tree; the mapping
+records what it saw on the error it returns (``retryable``, ``retry_after``), since the library exception that
+told (a reset connection, a 503 with ``Retry-After``) is only its ``__cause__`` afterwards.
 """
 
 from __future__ import annotations
@@ -26,6 +28,12 @@ class ModelSyncError(Exception):
     """Base of all expected errors: printed as one line, no traceback."""
 
     exit_code: int = 1
+    retryable: bool | None = None
+    """Set where a library exception is mapped: True for a transport failure, 408, 429, 5xx or S3 SlowDown,
+    False for what would fail again. None: not known here; ``job.retry.is_retryable`` then looks at
+    ``status`` (if any) and otherwise says no."""
+    retry_after: float | None = None
+    """Seconds the server asked us to wait (its ``Retry-After``), when it said."""
 
     def __str__(self) -> str:
         # One line, whatever the cause carried in: a multi-line server body must not break the
@@ -90,6 +98,8 @@ class UploadRejected(DestinationError):
 
 class IntegrityError(ModelSyncError):
     """Bytes read or written do not match the size or digest they must have. Never retried."""
+
+    retryable = False
 
 
 class ModelRegistryError(ModelSyncError):

@@ -165,15 +165,18 @@ async def run_intent(
     transfer: Callable[[], Awaitable[Committed]],
     *,
     cleanup_timeout: float = CLEANUP_TIMEOUT,
+    stop_cleanup_timeout: float | None = None,
 ) -> IntentResult:
     """Run the intent: preflight reads, then ``transfer()`` (called at most once), then the registry writes.
 
     Errors propagate unchanged, after the cleanup described in the module docstring; cancellation
-    (SIGTERM) runs that cleanup too, shielded and bounded by ``cleanup_timeout``, then propagates.
+    (SIGTERM) runs that cleanup too, shielded and bounded by ``stop_cleanup_timeout`` (default
+    ``cleanup_timeout``), then propagates.
     """
     validate_spec(spec)
+    limits = (cleanup_timeout, cleanup_timeout if stop_cleanup_timeout is None else stop_cleanup_timeout)
     if Intent(spec.intent) is Intent.UPDATE_ARTIFACT:
-        return await _update_artifact(spec, registry, transfer, cleanup_timeout)
+        return await _update_artifact(spec, registry, transfer, limits)
     return await _create(spec, registry, transfer)
 
 
@@ -203,8 +206,9 @@ async def _update_artifact(
     spec: IntentSpec,
     registry: ModelRegistryClient,
     transfer: Callable[[], Awaitable[Committed]],
-    cleanup_timeout: float,
+    limits: tuple[float, float],
 ) -> IntentResult:
+    """``limits``: seconds the restore may take after a failure, and after a cancellation (SIGTERM)."""
     model_id, version_id, artifact_id = _ids(spec)
     assert artifact_id is not None  # validate_spec
     artifact = await registry.get_model_artifact(artifact_id)
@@ -239,8 +243,9 @@ async def _update_artifact(
         await registry.update_model_artifact(
             artifact_id, {"uri": committed.uri, "customProperties": live}, state="LIVE"
         )
-    except BaseException:
-        await _cleanup(restore, f"model artifact {artifact_id}", cleanup_timeout)
+    except BaseException as exc:
+        limit = limits[1] if isinstance(exc, asyncio.CancelledError) else limits[0]
+        await _cleanup(restore, f"model artifact {artifact_id}", limit)
         raise
     logger.info("model artifact %s is LIVE at %s", artifact_id, committed.uri)
     return IntentResult(Intent.UPDATE_ARTIFACT, model_id, version_id, artifact_id, committed.uri, committed.digest)

@@ -28,7 +28,7 @@ from tenacity import RetryCallState
 
 from job.errors import ConfigError, ModelRegistryError
 from job.metadata import comparable_custom_properties, writable_custom_properties
-from job.retry import DEFAULT_ATTEMPTS, DEFAULT_INITIAL_WAIT, is_retryable, retry_policy
+from job.retry import DEFAULT_ATTEMPTS, DEFAULT_INITIAL_WAIT, RetrySettings, is_retryable
 
 __all__ = ["API_PREFIX", "DEFAULT_TIMEOUT", "Entity", "ModelRegistryClient", "checked_id"]
 
@@ -117,6 +117,7 @@ class ModelRegistryClient:
         retry_attempts: int = DEFAULT_ATTEMPTS,
         retry_initial_wait: float = DEFAULT_INITIAL_WAIT,
         transport: httpx.AsyncBaseTransport | None = None,
+        retry: RetrySettings | None = None,
     ) -> None:
         base = base_url.rstrip("/")
         if not base.endswith(API_PREFIX):
@@ -126,14 +127,19 @@ class ModelRegistryClient:
             headers["Authorization"] = f"Bearer {token}"
         self.author = author
         self._token = token
-        self._attempts = retry_attempts
-        self._initial_wait = retry_initial_wait
+        # The job's settings (MODEL_SYNC_RETRY_*, *_TIMEOUT) when given; the keyword defaults otherwise.
+        self._retry = retry or RetrySettings(attempts=retry_attempts, initial_wait=retry_initial_wait)
+        self._attempts = self._retry.attempts
+        if retry is not None and timeout is DEFAULT_TIMEOUT:
+            timeout = retry.httpx_timeout()
         self._http = httpx.AsyncClient(
             base_url=base,
             headers=headers,
             verify=_ssl_verify(verify),
             timeout=timeout,
             transport=transport,
+            # Never: the bearer token goes to the registry's address only, not to where a redirect points.
+            follow_redirects=False,
         )
 
     async def __aenter__(self) -> Self:
@@ -303,12 +309,7 @@ class ModelRegistryClient:
     ) -> Entity:
         """One logical call with retries. Returns the JSON object ({} for an empty body or a JSON 404 when
         ``missing_ok``). ``before_retry`` runs before each re-send; a non-None result ends the call with it."""
-        policy = retry_policy(
-            attempts=self._attempts,
-            initial_wait=self._initial_wait,
-            retry_on=_is_raw_retryable,
-            before_sleep=self._log_retry(what),
-        )
+        policy = self._retry.policy(retry_on=_is_raw_retryable, before_sleep=self._log_retry(what))
         try:
             async for attempt in policy:
                 with attempt:
@@ -379,7 +380,7 @@ class ModelRegistryClient:
             )
             wait = state.next_action.sleep if state.next_action is not None else 0.0
             attempt = f"attempt {state.attempt_number + 1} of {self._attempts}"
-            logger.info("%s: %s; retrying in %.1fs (%s)", what, cause, wait, attempt)
+            logger.warning("%s: %s; retrying in %.1fs (%s)", what, cause, wait, attempt)
 
         return log
 

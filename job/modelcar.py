@@ -69,6 +69,8 @@ BLOCK = 512
 END_OF_ARCHIVE = 2 * BLOCK
 ANNOTATION_BASE_NAME = "org.opencontainers.image.base.name"
 ANNOTATION_BASE_DIGEST = "org.opencontainers.image.base.digest"
+ANNOTATION_SOURCE = "model-sync.source"
+"""On a model layer: the file's identity at its source (its sha256, or its ETag), for reruns."""
 
 # Docker schema2 media types and their OCI names (same bytes, same digests).
 _TO_OCI = {
@@ -143,19 +145,35 @@ class ModelLayer:
 
 @dataclass(frozen=True, slots=True)
 class LayerDescriptor:
-    """A pushed model layer: digest (= diff_id, the tar is uncompressed), size, and the file's path."""
+    """A pushed model layer: digest (= diff_id, the tar is uncompressed), size, and the file's path.
+
+    ``source`` is the file's identity at its source (``job.sources.base.source_identity``), annotated as
+    :data:`ANNOTATION_SOURCE` so that a rerun can find, in the manifest an earlier try pushed under the
+    tag, the layer it would push for an unchanged file, and skip sending it.
+    """
 
     digest: str
     size: int
     path: PurePosixPath
+    source: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "mediaType": OCI_LAYER_TAR,
-            "digest": self.digest,
-            "size": self.size,
-            "annotations": {ANNOTATION_TITLE: self.path.as_posix()},
-        }
+        annotations = {ANNOTATION_TITLE: self.path.as_posix()}
+        if self.source:
+            annotations[ANNOTATION_SOURCE] = self.source
+        return {"mediaType": OCI_LAYER_TAR, "digest": self.digest, "size": self.size, "annotations": annotations}
+
+    @classmethod
+    def from_json(cls, descriptor: Mapping[str, Any]) -> LayerDescriptor | None:
+        """The model layer a manifest's layer descriptor describes, or None for any other layer."""
+        annotations = descriptor.get("annotations") or {}
+        title, digest, size = annotations.get(ANNOTATION_TITLE), descriptor.get("digest"), descriptor.get("size")
+        if descriptor.get("mediaType") != OCI_LAYER_TAR or not isinstance(title, str) or not isinstance(digest, str):
+            return None
+        if not isinstance(size, int):
+            return None
+        source = annotations.get(ANNOTATION_SOURCE)
+        return cls(digest, size, PurePosixPath(title), source if isinstance(source, str) else None)
 
 
 def canonical_json(document: Mapping[str, Any]) -> bytes:

@@ -19,8 +19,10 @@ URL and kept with its query: distribution carries the session state (``_state``)
 after each PATCH.
 
 **Retries.** Requests whose body can be sent again (no body, or bytes) retry transport errors and
-408/429/5xx with ``job.retry.retry_policy``. A streamed PATCH cannot be replayed: it fails up (a
-file-level retry reopens the source; see ``job.transfer.open_source``).
+408/429/5xx with the job's policy (``job.retry.RetrySettings``: its budget, ``Retry-After`` honoured); every
+request has the job's connect and read timeouts, and none has a total one. A streamed PATCH cannot be
+replayed: it fails up with its retryability recorded, and the engine sends the file again in a new upload
+session (the OCI destination cancels the broken one; see ``job.transfer``).
 
 **Errors** are mapped here, with distribution's ``errors[]`` body in the message: for a source, 401/403
 -> ``SourceAuthError``, 404 -> ``SourceNotFound``, else ``SourceError``; for a destination, 401/403 ->
@@ -52,7 +54,7 @@ from pydantic import SecretStr
 
 from job.errors import IntegrityError, ModelSyncError
 from job.oci_protocol import MANIFEST_ACCEPT, RegistryAuth, Scopes, Side, error_for, transport_error
-from job.retry import is_retryable_status, retry_policy
+from job.retry import RetrySettings, is_retryable_status, log_before_sleep
 from job.streams import ChunkReader, describe
 
 __all__ = ["Manifest", "RegistryClient", "UploadSession", "sha256_digest"]
@@ -114,10 +116,12 @@ class RegistryClient:
         side: Side = "destination",
         max_connections: int = 16,
         timeout: httpx.Timeout | None = None,
+        retry: RetrySettings | None = None,
     ) -> None:
         self.registry = registry
         self.side: Side = side
         self.tls_verify = tls_verify
+        self.retry = retry or RetrySettings()
         verify: ssl.SSLContext | bool = False
         if tls_verify:
             verify = ssl.create_default_context()
@@ -125,12 +129,12 @@ class RegistryClient:
                 verify.load_verify_locations(cafile=str(ca_bundle))
         self._http = httpx.AsyncClient(
             verify=verify,
-            timeout=timeout or httpx.Timeout(30.0, read=300.0, write=300.0, pool=None),
+            timeout=timeout or self.retry.httpx_timeout(),
             limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
             follow_redirects=False,
             headers={"User-Agent": "model-sync"},
         )
-        self._auth = RegistryAuth(self._http, registry, username, password, self._fail)
+        self._auth = RegistryAuth(self._http, registry, username, password, self._fail, self.retry)
         self._base: str | None = None
 
     @property
@@ -197,7 +201,9 @@ class RegistryClient:
         replayable = content is None or isinstance(content, bytes)
         response: httpx.Response | None = None
         try:
-            async for attempt in retry_policy(attempts=5 if replayable else 1):
+            attempts = self.retry.attempts if replayable else 1
+            before_sleep = log_before_sleep(log, what, attempts, _describe)
+            async for attempt in self.retry.policy(attempts=attempts, before_sleep=before_sleep):
                 with attempt:
                     response = await self._follow(method, url, scopes, headers or {}, content, stream)
                     if response.status_code not in expected and is_retryable_status(response.status_code):
@@ -459,6 +465,12 @@ class RegistryClient:
             content=data,
         )
         return sha256_digest(data)
+
+
+def _describe(exc: BaseException | None) -> str:
+    if isinstance(exc, httpx.HTTPStatusError):
+        return f"HTTP {exc.response.status_code}"
+    return describe(exc or Exception())
 
 
 async def _window(body: AsyncIterator[bytes], start: int, end: int | None) -> AsyncIterator[bytes]:

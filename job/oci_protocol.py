@@ -43,7 +43,7 @@ from job.errors import (
     SourceNotFound,
     UploadRejected,
 )
-from job.retry import is_retryable, retry_policy
+from job.retry import RetrySettings, is_retryable, is_retryable_status, parse_retry_after
 from job.streams import describe
 
 __all__ = ["Challenge", "RegistryAuth", "Scopes", "Side", "error_for", "parse_challenge", "transport_error"]
@@ -87,13 +87,19 @@ def error_for(side: Side, what: str, response: httpx.Response, *, has_login: boo
     message = f"{what}: {status} {detail}"
     if status == 401:
         message += " (the login was refused)" if has_login else " (no login was given)"
+    error: ModelSyncError
     if side == "source":
         if status in (401, 403):
-            return SourceAuthError(message)
-        return SourceNotFound(message) if status == 404 else SourceError(message)
-    if status in (401, 403):
-        return DestinationAuthError(message)
-    return UploadRejected(message, status=status, code=code, detail=detail)
+            error = SourceAuthError(message)
+        else:
+            error = SourceNotFound(message) if status == 404 else SourceError(message)
+    elif status in (401, 403):
+        error = DestinationAuthError(message)
+    else:
+        error = UploadRejected(message, status=status, code=code, detail=detail)
+    error.retryable = is_retryable_status(status)
+    error.retry_after = parse_retry_after(response.headers.get("Retry-After"))
+    return error
 
 
 def transport_error(side: Side, what: str, exc: BaseException | None) -> ModelSyncError:
@@ -101,7 +107,9 @@ def transport_error(side: Side, what: str, exc: BaseException | None) -> ModelSy
     message = what if exc is None else f"{what}: {describe(exc)}"
     if exc is not None and "CERTIFICATE_VERIFY_FAILED" in str(exc):
         message += " (set the CA bundle, or turn TLS verification off)"
-    return SourceError(message) if side == "source" else DestinationError(message)
+    error = SourceError(message) if side == "source" else DestinationError(message)
+    error.retryable = exc is not None and is_retryable(exc) and not _tls_failure(exc)
+    return error
 
 
 Fail = Callable[..., ModelSyncError]
@@ -192,9 +200,16 @@ class RegistryAuth:
     """Auth state of one registry client: scheme, realm, and the tokens per scope set."""
 
     def __init__(
-        self, http: httpx.AsyncClient, registry: str, username: str | None, password: SecretStr | None, fail: Fail
+        self,
+        http: httpx.AsyncClient,
+        registry: str,
+        username: str | None,
+        password: SecretStr | None,
+        fail: Fail,
+        retry: RetrySettings | None = None,
     ) -> None:
         self._http = http
+        self._retry = retry or RetrySettings()
         self._registry = registry
         self._login = (username, password.get_secret_value()) if username and password is not None else None
         self._fail = fail
@@ -220,9 +235,9 @@ class RegistryAuth:
         last: Exception | None = None
         for index, scheme in enumerate(schemes):
             base = f"{scheme}://{self._registry}"
-            attempts = 5 if index == len(schemes) - 1 else 1
+            attempts = self._retry.attempts if index == len(schemes) - 1 else 1
             try:
-                async for attempt in retry_policy(attempts=attempts, retry_on=_retry_ping):
+                async for attempt in self._retry.policy(attempts=attempts, retry_on=_retry_ping):
                     with attempt:
                         response = await self._http.get(base + "/v2/")
             except httpx.TransportError as exc:
@@ -330,10 +345,10 @@ class RegistryAuth:
             params.insert(0, ("service", self._service))
         auth = httpx.BasicAuth(*self._login) if self._login is not None else None
         try:
-            async for attempt in retry_policy():
+            async for attempt in self._retry.policy():
                 with attempt:
                     response = await self._http.get(realm, params=params, auth=auth, follow_redirects=True)
-                    if response.status_code >= 500 or response.status_code == 429:
+                    if is_retryable_status(response.status_code):
                         response.raise_for_status()
         except httpx.HTTPStatusError:
             pass

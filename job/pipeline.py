@@ -31,6 +31,12 @@ from job.transfer import TransferResult, TransferSettings, transfer
 
 log = logging.getLogger(__name__)
 
+STOP_SHARE_TRANSFER = 0.35
+"""Share of ``stop_timeout`` that aborting the uploads and closing the clients may take after SIGTERM."""
+STOP_SHARE_REGISTRY = 0.45
+"""Share of ``stop_timeout`` that restoring the registry's artifact may take after SIGTERM (what is left
+is for unwinding; :func:`run_until_terminated`'s caller exits hard at ``stop_timeout``)."""
+
 SourceFactory = Callable[[JobConfig], Source]
 DestinationFactory = Callable[[JobConfig], Destination]
 
@@ -100,7 +106,11 @@ def plan_job(config: JobConfig) -> Plan:
     _backend(_SOURCES, config.source, "source")
     _backend(_DESTINATIONS, config.destination, "destination")
     settings = TransferSettings(
-        parallel_files=config.parallel_files, parallel_parts=config.parallel_parts, part_size=config.part_size
+        parallel_files=config.parallel_files,
+        parallel_parts=config.parallel_parts,
+        part_size=config.part_size,
+        retry=config.retry,
+        stop_cleanup_timeout=max(0.5, config.stop_timeout * STOP_SHARE_TRANSFER),
     )
     return Plan(config=config, spec=spec, transfer_settings=settings)
 
@@ -138,9 +148,11 @@ async def sync(
         token=reg.token.get_secret_value() if reg.token else None,
         verify=reg.verify,
         author=reg.author,
+        retry=plan.config.retry,
     )
+    stop_cleanup = max(0.5, plan.config.stop_timeout * STOP_SHARE_REGISTRY)
     async with client:
-        result = await run_intent(plan.spec, client, do_transfer)
+        result = await run_intent(plan.spec, client, do_transfer, stop_cleanup_timeout=stop_cleanup)
     if moved:
         done = moved[0]
         rate = done.bytes / done.seconds / 1e6 if done.seconds > 0 else 0.0
@@ -164,19 +176,30 @@ async def sync(
     return result
 
 
-async def run_until_terminated(plan: Plan) -> IntentResult:
-    """``sync`` with SIGTERM turned into cancellation: cleanup runs, then ``Terminated`` is raised."""
+async def run_until_terminated(plan: Plan, *, on_sigterm: Callable[[], None] | None = None) -> IntentResult:
+    """``sync`` with SIGTERM turned into cancellation: cleanup runs, then ``Terminated`` is raised.
+
+    The cleanup is bounded by shares of ``config.stop_timeout`` (uploads aborted first, then the registry
+    restored); ``on_sigterm`` runs once when the signal arrives, e.g. to arm a hard deadline.
+    """
     loop = asyncio.get_running_loop()
     task = asyncio.current_task()
     assert task is not None
     terminated = asyncio.Event()
 
-    def on_sigterm() -> None:
-        log.warning("SIGTERM received: stopping the transfer and cleaning up")
+    def handle_sigterm() -> None:
+        if terminated.is_set():
+            log.warning("SIGTERM received again: still cleaning up")
+            return
+        log.warning(
+            "SIGTERM received: stopping the transfer and cleaning up (at most %.0f s)", plan.config.stop_timeout
+        )
         terminated.set()
+        if on_sigterm is not None:
+            on_sigterm()
         task.cancel()
 
-    loop.add_signal_handler(signal.SIGTERM, on_sigterm)
+    loop.add_signal_handler(signal.SIGTERM, handle_sigterm)
     try:
         return await sync(plan)
     except asyncio.CancelledError:

@@ -7,7 +7,9 @@
   due time: that is all the per-chunk work);
 * ``tick()`` from a background ticker (:meth:`ProgressReporter.run_ticker`), so a stalled transfer still
   logs a line per interval;
-* ``file_done(path, size)`` when a file is written and checked;
+* ``file_done(path, size)`` when a file is written and checked; ``file_skipped(path, size)`` when an
+  earlier try already wrote it; ``rewind(n)`` when a failed try of a file is sent again, so its bytes are
+  not counted twice;
 * ``finish()`` once at the end: the summary line.
 
 Lines go to the ``job.progress`` logger at INFO: one every ``interval`` seconds while bytes flow and one
@@ -182,6 +184,23 @@ class ProgressReporter:
             snap.describe(),
             extra={"event": "file_done", "path": str(path), "size": size, **snap.fields()},
         )
+
+    def file_skipped(self, path: PurePosixPath | str, size: int) -> None:
+        """One file was found at the destination, written by an earlier try: counted as done, not sent."""
+        self.bytes_done += size
+        self.files_done += 1
+        snap = self.snapshot()
+        self._log.info(
+            "skipped %s (%s): already at the destination from an earlier try; %s",
+            path,
+            format_bytes(size),
+            snap.describe(),
+            extra={"event": "file_skipped", "path": str(path), "size": size, **snap.fields()},
+        )
+
+    def rewind(self, n: int) -> None:
+        """Take back ``n`` bytes of a try that failed: the file is sent again and counted again."""
+        self.bytes_done = max(0, self.bytes_done - n)
 
     def snapshot(self) -> ProgressSnapshot:
         """The figures now."""

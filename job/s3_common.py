@@ -7,6 +7,12 @@
 * :meth:`S3Connection.error` maps botocore / aiohttp exceptions onto the job's error tree, once, at the
   backend boundary: "doing what, to which object: cause", with the server's error code, message and
   request id, and never a key, a secret or a query string (presigned URLs carry their signature there).
+  The mapped error records whether the cause was worth retrying (:func:`s3_retryable`) and any
+  ``Retry-After`` the server sent.
+* :meth:`S3Connection.call` is every S3 request: one botocore call, retried with ``job.retry``'s tenacity
+  policy (the job's budget, ``Retry-After`` honoured), then mapped. botocore's own retries are off
+  (``total_max_attempts=1``): its standard mode ignores ``Retry-After``, and two retry layers would
+  multiply the budget.
 
 aioboto3 and botocore ship no type information: the client is ``Any`` at that seam, and only here.
 """
@@ -14,6 +20,7 @@ aioboto3 and botocore ship no type information: the client is ``Any`` at that se
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import re
 from collections.abc import Iterable
@@ -25,12 +32,18 @@ import aiohttp
 from botocore.config import Config  # type: ignore[import-untyped]
 from botocore.exceptions import (  # type: ignore[import-untyped]
     ClientError,
+    HTTPClientError,
+    IncompleteReadError,
     NoCredentialsError,
     PartialCredentialsError,
 )
 from botocore.exceptions import (
     ConnectionError as BotoConnectionError,
 )
+from botocore.exceptions import (
+    SSLError as BotoSSLError,
+)
+from botocore.handlers import add_expect_header  # type: ignore[import-untyped]
 
 from job.config import S3Location
 from job.errors import (
@@ -42,6 +55,9 @@ from job.errors import (
     SourceNotFound,
     UploadRejected,
 )
+from job.retry import RetrySettings, is_retryable, is_retryable_status, log_before_sleep, retry_after
+
+log = logging.getLogger(__name__)
 
 MiB = 1024 * 1024
 MIN_PART_SIZE = 5 * MiB
@@ -53,11 +69,6 @@ MAX_PARTS = 10_000
 DEFAULT_PART_SIZE = 8 * MiB
 """s3transfer's default: large enough to be efficient, small enough that parts x files stays small."""
 
-CONNECT_TIMEOUT = 10.0
-READ_TIMEOUT = 60.0
-"""Seconds without a byte on an open connection before botocore gives up (and retries)."""
-MAX_ATTEMPTS = 5
-"""Attempts per request (botocore's standard retry mode: transport errors, throttling, 5xx)."""
 
 Side = Literal["source", "destination"]
 
@@ -72,6 +83,27 @@ _AUTH = {
     "TokenRefreshRequired",
     "401",
     "403",
+}
+# botocore's standard retry mode treats these codes as transient or throttling (botocore/retries/standard.py);
+# SeaweedFS and MinIO answer SlowDown (503) under load, AWS also 503 ServiceUnavailable.
+_RETRYABLE_CODES = {
+    "BandwidthLimitExceeded",
+    "EC2ThrottledException",
+    "InternalError",
+    "LimitExceededException",
+    "PriorRequestNotComplete",
+    "ProvisionedThroughputExceededException",
+    "RequestLimitExceeded",
+    "RequestThrottled",
+    "RequestThrottledException",
+    "RequestTimeout",
+    "RequestTimeoutException",
+    "ServiceUnavailable",
+    "SlowDown",
+    "Throttling",
+    "ThrottlingException",
+    "TooManyRequestsException",
+    "TransactionInProgressException",
 }
 MIN_REDACTED = 6
 _QUERY = re.compile(r"(\b[a-z][a-z0-9+.-]*://[^\s?#'\"]*)\?[^\s#'\"]*", re.IGNORECASE)
@@ -115,7 +147,7 @@ def endpoint_url(endpoint: str | None) -> str | None:
     return endpoint if "://" in endpoint else "https://" + endpoint
 
 
-def client_config(location: S3Location, *, max_pool_connections: int) -> Config:
+def client_config(location: S3Location, *, max_pool_connections: int, retry: RetrySettings | None = None) -> Config:
     """The botocore Config for one endpoint.
 
     * Path-style addressing on a custom endpoint (MinIO, SeaweedFS, Ceph: no wildcard DNS per bucket).
@@ -124,7 +156,10 @@ def client_config(location: S3Location, *, max_pool_connections: int) -> Config:
       (``when_required``): the destination sends its own per-part checksum and the engine hashes every
       byte already. botocore's defaults would sha256 every request body for the signature and add a
       CRC32 of it (``when_supported``), and validate GET bodies: each byte hashed two or three times more.
+    * The job's connect and read timeouts (aiohttp's ``sock_connect``/``sock_read``: per socket
+      operation, never a total), and no botocore retries: :meth:`S3Connection.call` retries instead.
     """
+    retry = retry or RetrySettings()
     return Config(
         region_name=location.region or "us-east-1",
         signature_version="s3v4",
@@ -133,9 +168,9 @@ def client_config(location: S3Location, *, max_pool_connections: int) -> Config:
         # signed, protects the body instead and the server verifies it.
         s3={"payload_signing_enabled": False, **({"addressing_style": "path"} if location.endpoint else {})},
         max_pool_connections=max(10, max_pool_connections),
-        connect_timeout=CONNECT_TIMEOUT,
-        read_timeout=READ_TIMEOUT,
-        retries={"mode": "standard", "total_max_attempts": MAX_ATTEMPTS},
+        connect_timeout=retry.connect_timeout,
+        read_timeout=retry.read_timeout,
+        retries={"mode": "standard", "total_max_attempts": 1},
         request_checksum_calculation="when_required",
         response_checksum_validation="when_required",
         tcp_keepalive=True,
@@ -149,10 +184,18 @@ class S3Connection:
     may be called more than once. Secrets are read (``get_secret_value``) only when the client is built.
     """
 
-    def __init__(self, location: S3Location, *, side: Side, max_pool_connections: int = 10) -> None:
+    def __init__(
+        self,
+        location: S3Location,
+        *,
+        side: Side,
+        max_pool_connections: int = 10,
+        retry: RetrySettings | None = None,
+    ) -> None:
         self.location = location
         self.side = side
         self.max_pool_connections = max_pool_connections
+        self.retry = retry or RetrySettings()
         self._client: Any = None  # aiobotocore S3 client (untyped)
         self._stack = AsyncExitStack()
         self._lock = asyncio.Lock()
@@ -163,9 +206,16 @@ class S3Connection:
             async with self._lock:
                 if self._client is None:
                     try:
-                        self._client = await self._stack.enter_async_context(self._new_client())
+                        client = await self._stack.enter_async_context(self._new_client())
                     except Exception as exc:  # a malformed endpoint URL, an unreadable AWS profile, ...
                         raise self.error(exc, "creating an S3 client for", s3_uri(self.location.bucket)) from exc
+                    # No "Expect: 100-continue" on PutObject/UploadPart bodies (botocore adds it above 1 MB).
+                    # aiohttp (3.14) arms no read timeout while it waits for the 100 Continue: a server that
+                    # stalls there hangs the part until TCP gives up, measured against the fault proxy; RFC
+                    # 9110 §10.1.1 says a client SHOULD NOT wait indefinitely. Our parts are a few MiB, so
+                    # sending the body without asking first costs little.
+                    client.meta.events.unregister("before-call.s3", add_expect_header)
+                    self._client = client
         return self._client
 
     def _new_client(self) -> Any:
@@ -179,8 +229,37 @@ class S3Connection:
         return session.client(
             "s3",
             endpoint_url=endpoint_url(loc.endpoint),
-            config=client_config(loc, max_pool_connections=self.max_pool_connections),
+            config=client_config(loc, max_pool_connections=self.max_pool_connections, retry=self.retry),
         )
+
+    async def call(self, operation: str, doing: str, target: str, *, path: str | None = None, **kwargs: Any) -> Any:
+        """One S3 request (``client.<operation>(**kwargs)``), retried while :func:`s3_retryable`, then mapped.
+
+        A seekable ``Body`` (a part in memory) is rewound before each try, so a retried part sends the
+        same bytes. Returns botocore's response dict.
+        """
+        client = await self.client()
+        body = kwargs.get("Body")
+        before_sleep = log_before_sleep(
+            log, redact(f"{doing} {target}", self._secrets()), self.retry.attempts, self._describe
+        )
+        try:
+            async for attempt in self.retry.policy(retry_on=s3_retryable, before_sleep=before_sleep):
+                with attempt:
+                    if body is not None and hasattr(body, "seek"):
+                        body.seek(0)
+                    return await getattr(client, operation)(**kwargs)
+        except Exception as exc:
+            raise self.error(exc, doing, target, path=path) from exc
+        raise AssertionError("unreachable: the retry policy re-raises")  # pragma: no cover
+
+    def _secrets(self) -> list[str]:
+        return [s.get_secret_value() for s in (self.location.access_key_id, self.location.secret_access_key) if s]
+
+    def _describe(self, exc: BaseException | None) -> str:
+        if isinstance(exc, ClientError):
+            return _describe_client_error(*_client_error_parts(exc))
+        return redact(f"{type(exc).__name__}: {exc}", self._secrets())
 
     async def close(self) -> None:
         """Close the client and its connection pool; safe to repeat."""
@@ -189,8 +268,35 @@ class S3Connection:
 
     def error(self, exc: BaseException, doing: str, target: str, *, path: str | None = None) -> ModelSyncError:
         """Map ``exc`` raised while ``doing`` something to ``target`` (an s3:// URI) onto our errors."""
-        secrets = [s.get_secret_value() for s in (self.location.access_key_id, self.location.secret_access_key) if s]
-        return map_s3_error(exc, side=self.side, doing=doing, target=target, path=path, secrets=secrets)
+        return map_s3_error(exc, side=self.side, doing=doing, target=target, path=path, secrets=self._secrets())
+
+
+def s3_retryable(exc: BaseException) -> bool:
+    """Whether an S3 call that raised ``exc`` is worth repeating.
+
+    Transport failures (botocore's connection and HTTP-client errors, which aiobotocore raises for
+    resets, timeouts and bodies cut short; aiohttp's and the OS's own), 408/429/5xx answers, and the
+    error codes botocore's standard mode retries (throttling such as SlowDown, RequestTimeout,
+    InternalError). Never credentials, auth or not-found errors.
+    """
+    if isinstance(exc, ModelSyncError):
+        return is_retryable(exc)
+    if isinstance(exc, ClientError):
+        code, status, _, _ = _client_error_parts(exc)
+        return code in _RETRYABLE_CODES or (status is not None and is_retryable_status(status))
+    if isinstance(exc, NoCredentialsError | PartialCredentialsError | BotoSSLError | aiohttp.ClientSSLError):
+        return False  # the same on every try: a missing key, a certificate that does not verify
+    return isinstance(
+        exc,
+        BotoConnectionError
+        | HTTPClientError
+        | IncompleteReadError
+        | aiohttp.ClientConnectionError
+        | aiohttp.ClientPayloadError
+        | ConnectionError
+        | TimeoutError
+        | asyncio.TimeoutError,
+    )
 
 
 def redact(text: str, secrets: Iterable[str] = ()) -> str:
@@ -247,7 +353,15 @@ def map_s3_error(
     """
     if isinstance(exc, ModelSyncError):
         return exc
-    secrets = list(secrets)
+    error = _map_s3_error(exc, side=side, doing=doing, target=target, path=path, secrets=list(secrets))
+    error.retryable = s3_retryable(exc)
+    error.retry_after = retry_after(exc)
+    return error
+
+
+def _map_s3_error(
+    exc: BaseException, *, side: Side, doing: str, target: str, path: str | None, secrets: list[str]
+) -> ModelSyncError:
     source = side == "source"
 
     def message(cause: str) -> str:

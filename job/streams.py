@@ -23,6 +23,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import BinaryIO
 
 from job.errors import IntegrityError, ModelSyncError, SourceError
+from job.retry import carry_retryability
 from job.sources.base import ObjectInfo
 
 MiB = 1024 * 1024
@@ -106,7 +107,7 @@ class CheckedStream:
                 raise
             except Exception as exc:
                 error = SourceError(f"reading {self.path} from the source: {describe(exc)}", path=self.path)
-                self.error = error
+                self.error = carry_retryability(error, exc)
                 raise error from exc
             n = len(chunk)
             if not n:

@@ -6,17 +6,25 @@
 1. **List** the source fully before any byte moves, and check the listing: not empty, no path twice,
    no path that is both a file and a directory of another (``a`` and ``a/b``).
 2. **Put** the files, ``parallel_files`` at a time (a fixed pool of workers taking files in listing
-   order). Each file's source stream is wrapped once in a :class:`~job.streams.CheckedStream` (sha256,
-   byte count, progress, size and digest checks, source errors tagged as ``SourceError``), handed to
+   order). A destination with ``lookup(obj)`` is asked first whether an earlier try already wrote the
+   file (same size and source identity): then it is not read nor sent again. Otherwise the file's
+   source stream (a :class:`~job.resume.SourceReader`, which resumes a broken read at its offset on a
+   ``seekable`` source) is wrapped once in a :class:`~job.streams.CheckedStream` (sha256, byte count,
+   progress, size and digest checks, source errors tagged as ``SourceError``), handed to
    ``destination.put``, and finished after ``put`` returns; the ``Uploaded`` it returns must report
-   the size and sha256 the engine saw.
+   the size and sha256 the engine saw. A put that fails with a retryable error (``job.retry``) is
+   tried again from the file's start, up to ``retry.file_attempts`` tries: a new read, a new stream
+   (hash and count restart) and a new ``put``, which starts a new upload (the destination cleaned up
+   the failed one: an S3 multipart upload is aborted, an OCI upload session cancelled).
 3. **Commit** the ``Uploaded`` results, in listing order, once every put succeeded.
 
 On the first failure the sibling puts are cancelled and the *first* error is raised as it is (never an
 ``ExceptionGroup``: the user sees one line). ``destination.abort()`` then runs exactly once, also when
 the transfer task itself is cancelled (SIGTERM), shielded from that cancellation and bounded by
-``cleanup_timeout``. ``source.close()`` and ``destination.close()`` run once each at the end, whatever
-happened. Errors from abort and close are logged, never raised over the error that matters.
+``cleanup_timeout`` (after a cancellation, abort and both closes share ``stop_cleanup_timeout``, so that
+the registry's restore still fits the pod's grace period). ``source.close()`` and ``destination.close()``
+run once each at the end, whatever happened. Errors from abort and close are logged, never raised over
+the error that matters.
 """
 
 from __future__ import annotations
@@ -25,14 +33,15 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass, replace
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import PurePosixPath
 
 from job.destinations.base import Committed, Destination, Uploaded
 from job.errors import ConfigError, IntegrityError, ModelSyncError, SourceError
 from job.progress import ProgressReporter
+from job.resume import SourceReader, open_source
+from job.retry import RetrySettings, log_before_sleep
 from job.sources.base import ObjectInfo, Source, safe_relative_path
 from job.streams import DEFAULT_CHUNK_SIZE, CheckedStream, MiB, describe
 
@@ -80,6 +89,10 @@ class TransferSettings:
     """Seconds between progress lines (when the reporter does not set its own)."""
     cleanup_timeout: float = 20.0
     """Seconds ``abort()`` and each ``close()`` may take; less than Kubernetes' 30 s grace period."""
+    stop_cleanup_timeout: float = 3.0
+    """Seconds ``abort()`` and both ``close()`` may take together after a cancellation (SIGTERM)."""
+    retry: RetrySettings = field(default_factory=RetrySettings)
+    """Retry budget: ``attempts`` bounds the resumes of one read, ``file_attempts`` the tries of a file."""
 
     def __post_init__(self) -> None:
         for name in ("parallel_files", "parallel_parts", "chunk_size"):
@@ -87,8 +100,8 @@ class TransferSettings:
                 raise ConfigError(f"transfer setting {name} must be >= 1, got {getattr(self, name)}")
         if self.part_size is not None and self.part_size < 1:
             raise ConfigError(f"transfer setting part_size must be >= 1, got {self.part_size}")
-        if self.progress_interval <= 0 or self.cleanup_timeout <= 0:
-            raise ConfigError("transfer settings progress_interval and cleanup_timeout must be > 0")
+        if self.progress_interval <= 0 or self.cleanup_timeout <= 0 or self.stop_cleanup_timeout <= 0:
+            raise ConfigError("transfer settings progress_interval and the cleanup timeouts must be > 0")
 
     def part_size_for(
         self,
@@ -150,38 +163,43 @@ def check_listing(objects: Sequence[ObjectInfo]) -> None:
         files.add(path)
 
 
-@asynccontextmanager
-async def open_source(source: Source, obj: ObjectInfo, *, offset: int = 0) -> AsyncIterator[AsyncIterator[bytes]]:
-    """Open one listed file at the source, tagging library errors from opening or closing it.
-
-    This is the seam for retrying a file: a retry would reopen here at ``offset=stream.size`` and feed
-    the same :class:`CheckedStream` (its hash state carries on). Not done yet, because a destination
-    would have to resume its half of the file too (an S3 multipart upload can; an OCI PATCH session can
-    with ``Range``); today a failed file fails the transfer and Kubernetes retries the Job.
-    """
+async def _put_one(
+    source: Source, destination: Destination, obj: ObjectInfo, progress: ProgressReporter, retry: RetrySettings
+) -> Uploaded:
+    """One file: skipped when the destination already has it, else put, and put again while retryable."""
     path = str(obj.path)
-    body_done = False
-    try:
-        async with AsyncExitStack() as stack:
-            try:
-                chunks = await stack.enter_async_context(source.open(obj, offset=offset))
-            except ModelSyncError:
-                raise
-            except Exception as exc:
-                raise SourceError(f"opening {path} at the source: {describe(exc)}", path=path) from exc
-            yield chunks
-            body_done = True
-    except Exception as exc:
-        if body_done and not isinstance(exc, ModelSyncError):  # raised while closing the source stream
-            raise SourceError(f"closing {path} at the source: {describe(exc)}", path=path) from exc
-        raise
+    lookup: Callable[[ObjectInfo], Awaitable[Uploaded | None]] | None = getattr(destination, "lookup", None)
+    if lookup is not None:
+        found = await lookup(obj)
+        if found is not None:
+            if obj.size is not None and found.size != obj.size:
+                raise IntegrityError(
+                    f"writing {path}: the destination holds {found.size} bytes, the source lists {obj.size}"
+                )
+            progress.file_skipped(obj.path, found.size)
+            return found
+    before_sleep = log_before_sleep(log, f"sending {path}", retry.file_attempts, _cause)
+    async for attempt in retry.policy(attempts=retry.file_attempts, before_sleep=before_sleep):
+        with attempt:
+            return await _put_attempt(source, destination, obj, progress, retry)
+    raise AssertionError("unreachable: the retry policy re-raises")  # pragma: no cover
 
 
-async def _put_one(source: Source, destination: Destination, obj: ObjectInfo, progress: ProgressReporter) -> Uploaded:
+def _cause(exc: BaseException | None) -> str:
+    return str(exc) if isinstance(exc, ModelSyncError) else describe(exc or Exception())
+
+
+async def _put_attempt(
+    source: Source, destination: Destination, obj: ObjectInfo, progress: ProgressReporter, retry: RetrySettings
+) -> Uploaded:
     path = str(obj.path)
     log.debug("putting %s (%s bytes)", path, obj.size)
-    async with open_source(source, obj) as chunks:
-        stream = CheckedStream(obj, chunks, on_chunk=progress.advance)
+    reader = SourceReader(source, obj, retry)
+    stream: CheckedStream | None = None
+    read_to_end = False
+    try:
+        await reader.start()
+        stream = CheckedStream(obj, reader, on_chunk=progress.advance)
         try:
             uploaded = await destination.put(obj, stream)
         except Exception:
@@ -191,6 +209,16 @@ async def _put_one(source: Source, destination: Destination, obj: ObjectInfo, pr
                 raise stream.error  # noqa: B904 - keeps the stream error's own __cause__
             raise
         await stream.finish()
+        read_to_end = True
+    except Exception:
+        if stream is not None:
+            progress.rewind(stream.size)  # this try's bytes; another try counts them again
+        raise
+    finally:
+        if read_to_end:
+            await reader.aclose()  # an error closing a fully read source is still an error
+        else:
+            await reader.aclose_quietly()  # also on cancellation: nothing stays open
     if uploaded.size != stream.size:
         raise IntegrityError(f"writing {path}: the destination reports {uploaded.size} bytes, {stream.size} were sent")
     if not uploaded.sha256:
@@ -207,7 +235,7 @@ async def _put_all(
     source: Source,
     destination: Destination,
     objects: Sequence[ObjectInfo],
-    parallel_files: int,
+    settings: TransferSettings,
     progress: ProgressReporter,
 ) -> list[Uploaded]:
     results: list[Uploaded | None] = [None] * len(objects)
@@ -217,7 +245,7 @@ async def _put_all(
     async def worker() -> None:
         for index, obj in todo:
             try:
-                results[index] = await _put_one(source, destination, obj, progress)
+                results[index] = await _put_one(source, destination, obj, progress, settings.retry)
             except Exception as exc:
                 if not first_error:
                     first_error.append(exc)
@@ -227,7 +255,8 @@ async def _put_all(
     # listing of 100k files does not become 100k tasks. Not asyncio.TaskGroup: on 3.11 it can leave the
     # parent's cancel count raised after a child fails, and it wraps errors in a group.
     workers = [
-        asyncio.create_task(worker(), name=f"transfer-worker-{n}") for n in range(min(parallel_files, len(objects)))
+        asyncio.create_task(worker(), name=f"transfer-worker-{n}")
+        for n in range(min(settings.parallel_files, len(objects)))
     ]
     try:
         await asyncio.wait(workers, return_when=asyncio.FIRST_EXCEPTION)
@@ -277,6 +306,19 @@ async def _list_all(source: Source) -> list[ObjectInfo]:
     return objects
 
 
+class _Budget:
+    """Seconds for each cleanup step: ``each`` per step, or what is left of one ``shared`` allowance."""
+
+    def __init__(self, each: float, *, shared: float | None = None) -> None:
+        self.each = each
+        self.deadline = None if shared is None else time.monotonic() + shared
+
+    def next(self) -> float:
+        if self.deadline is None:
+            return self.each
+        return max(0.2, min(self.each, self.deadline - time.monotonic()))
+
+
 async def _quietly(step: Callable[[], Awaitable[None]], what: str, seconds: float) -> None:
     try:
         async with asyncio.timeout(seconds):
@@ -322,6 +364,7 @@ async def transfer(
     reporter = progress if progress is not None else ProgressReporter(interval=settings.progress_interval)
     started = time.monotonic()
     interrupted = False
+    budget = _Budget(settings.cleanup_timeout)
     try:
         try:
             objects = await _list_all(source)
@@ -329,16 +372,18 @@ async def transfer(
             reporter.start(files=len(objects), total_bytes=total, interval=settings.progress_interval)
             ticker = asyncio.create_task(reporter.run_ticker(), name="progress-ticker")
             try:
-                uploaded = await _put_all(source, destination, objects, settings.parallel_files, reporter)
+                uploaded = await _put_all(source, destination, objects, settings, reporter)
             finally:
                 ticker.cancel()
             committed = await destination.commit(uploaded)
-        except BaseException:
-            interrupted = await _run_to_end(destination.abort, "aborting the destination", settings.cleanup_timeout)
+        except BaseException as exc:
+            if isinstance(exc, asyncio.CancelledError):
+                budget = _Budget(settings.cleanup_timeout, shared=settings.stop_cleanup_timeout)
+            interrupted = await _run_to_end(destination.abort, "aborting the destination", budget.next())
             raise
     finally:
         for what, step in (("closing the source", source.close), ("closing the destination", destination.close)):
-            interrupted = await _run_to_end(step, what, settings.cleanup_timeout) or interrupted
+            interrupted = await _run_to_end(step, what, budget.next()) or interrupted
         if interrupted:
             raise asyncio.CancelledError  # a cancellation arrived during cleanup: honour it now
     seconds = time.monotonic() - started

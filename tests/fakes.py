@@ -96,7 +96,11 @@ class MemorySource:
     * ``sizes``: the size to *list* instead of the true one (a lying source; ``None`` = unknown);
     * ``digests``: the digest to list (``"sha256:<hex>"``);
     * ``gates``: reading the path waits for the event before the first chunk;
-    * ``list_error``: ``list()`` raises it after listing nothing.
+    * ``list_error``: ``list()`` raises it after listing nothing;
+    * ``fail_times``: ``{path: n}`` only the first n opens of the path fail (``fail_after``), later ones read
+      to the end (a transient failure);
+    * ``seekable``: the ``seekable`` attribute the engine reads (resume a broken read at its offset);
+    * ``etags``: the ETag to list.
 
     Records ``opened`` (path, offset), ``streams`` (the :class:`FailingStream` of each open, by path),
     ``open_now`` (streams currently open) and ``close_calls``.
@@ -113,6 +117,9 @@ class MemorySource:
         digests: Mapping[str, str] | None = None,
         gates: Mapping[str, asyncio.Event] | None = None,
         list_error: BaseException | None = None,
+        fail_times: Mapping[str, int] | None = None,
+        seekable: bool = False,
+        etags: Mapping[str, str] | None = None,
     ) -> None:
         self.entries: list[tuple[str, bytes]] = list(files.items() if isinstance(files, Mapping) else files)
         self.files = dict(self.entries)
@@ -123,6 +130,9 @@ class MemorySource:
         self.digests = dict(digests or {})
         self.gates = dict(gates or {})
         self.list_error = list_error
+        self.fail_times = dict(fail_times or {})
+        self.seekable = seekable
+        self.etags = dict(etags or {})
         self.opened: list[tuple[str, int]] = []
         self.streams: dict[str, FailingStream] = {}
         self.open_now = 0
@@ -131,7 +141,7 @@ class MemorySource:
     def info(self, path: str) -> ObjectInfo:
         """The ObjectInfo this source lists for ``path``."""
         size = self.sizes[path] if path in self.sizes else len(self.files[path])
-        return ObjectInfo(path=PurePosixPath(path), size=size, digest=self.digests.get(path))
+        return ObjectInfo(path=PurePosixPath(path), size=size, digest=self.digests.get(path), etag=self.etags.get(path))
 
     async def _list(self) -> AsyncIterator[ObjectInfo]:
         if self.list_error is not None:
@@ -149,6 +159,10 @@ class MemorySource:
         path = str(obj.path)
         self.opened.append((path, offset))
         fail_after = self.fail_after.get(path)
+        if path in self.fail_times:
+            if self.fail_times[path] <= 0:
+                fail_after = None
+            self.fail_times[path] -= 1
         stream = FailingStream(
             self.files[path][offset:],
             chunk_size=self.chunk_size,

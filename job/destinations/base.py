@@ -1,6 +1,9 @@
 """The destination half of the streaming contract.
 
 Call order, made by the engine:
+0. ``lookup(obj)``, optional, once per file before it is read: the ``Uploaded`` an earlier try of the job
+   already wrote for ``obj`` (same path, size and source identity, see ``job.sources.base.source_identity``),
+   or None. A file found is neither read nor put; its ``Uploaded.size`` must be ``obj.size``.
 1. ``put(obj, data)`` once per file, several at a time (bounded by the engine's files semaphore).
    ``data`` is the source stream already wrapped by the engine (hashed, counted, errors tagged);
    the destination consumes it to the end or raises. The stream never yields more than ``obj.size``
@@ -8,7 +11,10 @@ Call order, made by the engine:
    not match; errors it raises must propagate out of ``put`` (the engine prefers the stream's own error
    to whatever a client library wrapped it in). A destination that reads exactly ``obj.size`` bytes and
    stops is fine: the engine finishes the stream after ``put`` returns and runs the end checks then.
-   The returned ``Uploaded.size`` must equal the bytes consumed; the engine checks it.
+   The returned ``Uploaded.size`` must equal the bytes consumed; the engine checks it. A ``put`` that
+   raises a retryable error (``job.retry``) may be called again for the same file with a new stream
+   from its start: it must not leave the failed upload in the way (abort the multipart upload, cancel
+   the upload session) unless it was cancelled, in which case ``abort()`` cleans up.
 2. ``commit(uploaded)`` once, after every ``put`` succeeded, with the results in listing order:
    push a manifest, or nothing for S3. Returns what the registry records. Must be safe to repeat
    (a rerun of the same Job calls it again).
@@ -38,7 +44,9 @@ class Uploaded:
 
     A destination that hashes what it wrote reports it and the engine compares it with its own hash; one
     that does not leaves it ``""`` and the engine fills in the digest it computed on the stream (so an
-    S3 upload does not hash every byte twice). ``transfer`` returns and commits only filled values.
+    S3 upload does not hash every byte twice). ``transfer`` returns and commits only filled values, except
+    for a file ``lookup`` found (not read this run): there it is what the destination recorded, or ``""``
+    when that was not known (a multipart S3 object of a source that listed no digest).
     """
     extra: dict[str, str] = field(default_factory=dict)
     """Destination-specific facts (the layer digest of an OCI layer, an S3 version id, ...)."""

@@ -18,6 +18,16 @@ Call order and what runs when (see ``job.destinations.base`` for the engine's si
   so a rerun re-PUTs identical documents.
 * ``abort`` cancels the base copy and DELETEs open upload sessions, best effort.
 
+Retries and reruns. A ``put`` whose upload fails cancels its session (``DELETE``) before raising, so the
+engine's next try of that file starts a clean one. Each model layer is annotated with the file's identity
+at its source (``model-sync.source``: its sha256 or ETag). :meth:`OciDestination.lookup` reads the
+manifest the tag points to (once), and a file whose path, layer size and identity match a layer there
+whose blob the repository still has is not sent again: a layer's digest is known before streaming only
+that way, since it hashes the tar header and padding as well as the file. So a rerun after a try that
+pushed its manifest (then died before the registry recorded it), or an update of a model in which few
+files changed, sends only what is new. A try killed before its manifest was pushed leaves its finished
+blobs unreferenced (the registry's garbage collection removes them); the rerun sends them again.
+
 A file whose size the source cannot tell (http without Content-Length: rare) is spooled to
 ``storage_path`` first, because the tar header holds the size and comes before the bytes.
 """
@@ -31,12 +41,12 @@ import logging
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from job.config import JobConfig, OciLocation
 from job.destinations.base import Committed, Uploaded
-from job.errors import ConfigError, DestinationError
+from job.errors import ConfigError, DestinationError, ModelSyncError
 from job.modelcar import (
     LayerDescriptor,
     ModelLayer,
@@ -48,12 +58,15 @@ from job.modelcar import (
 from job.oci_client import Manifest, RegistryClient, UploadSession, sha256_digest
 from job.oci_protocol import INDEX_TYPES, OCI_INDEX, OCI_MANIFEST
 from job.oci_ref import ImageReference, parse_reference
-from job.sources.base import ObjectInfo
+from job.retry import RetrySettings
+from job.sources.base import ObjectInfo, source_identity
 from job.streams import aiter_file, describe
 
 log = logging.getLogger(__name__)
 
 DEFAULT_BASE_IMAGE = "busybox:latest"
+CANCEL_TIMEOUT = 5.0
+"""Seconds the DELETE of a broken upload session may take before the put's error is raised anyway."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,7 +103,14 @@ def _is_image_entry(entry: dict[str, Any]) -> bool:
 class OciDestination:
     """Push the model as a modelcar image to ``location.reference`` (see the module docstring)."""
 
-    def __init__(self, location: OciLocation, *, storage_path: Path, max_connections: int = 16) -> None:
+    def __init__(
+        self,
+        location: OciLocation,
+        *,
+        storage_path: Path,
+        max_connections: int = 16,
+        retry: RetrySettings | None = None,
+    ) -> None:
         self.location = location
         self.target = parse_reference(location.reference)
         if self.target.digest is not None or self.target.tag is None:
@@ -108,6 +128,7 @@ class OciDestination:
             ca_bundle=location.ca_bundle,
             side="destination",
             max_connections=max_connections,
+            retry=retry,
         )
         self.same_registry = self.base_ref.api_host == self.target.api_host
         if self.same_registry:
@@ -122,8 +143,11 @@ class OciDestination:
                 tls_verify=location.tls_verify,
                 ca_bundle=location.ca_bundle,
                 side="destination",
+                retry=retry,
             )
         self._base: _Base | None = None
+        self._previous: dict[PurePosixPath, LayerDescriptor] | None = None
+        self._previous_lock = asyncio.Lock()
         self._base_lock = asyncio.Lock()
         self._copy_task: asyncio.Task[None] | None = None
         self._sessions: set[UploadSession] = set()
@@ -133,7 +157,12 @@ class OciDestination:
         """Build from ``config.destination`` (an :class:`OciLocation`)."""
         if not isinstance(config.destination, OciLocation):
             raise ConfigError("OciDestination needs an oci destination location")
-        return cls(config.destination, storage_path=config.storage_path, max_connections=2 * config.parallel_files + 4)
+        return cls(
+            config.destination,
+            storage_path=config.storage_path,
+            max_connections=2 * config.parallel_files + 4,
+            retry=config.retry,
+        )
 
     @property
     def uri(self) -> str:
@@ -207,6 +236,53 @@ class OciDestination:
             )
         self._sessions.discard(session)
 
+    # --- what an earlier try pushed ---------------------------------------------------------------
+
+    async def _previous_layers(self) -> dict[PurePosixPath, LayerDescriptor]:
+        """The model layers of the manifest the tag points to now (an index: its first image), by path."""
+        async with self._previous_lock:
+            if self._previous is None:
+                self._previous = await self._read_previous()
+        return self._previous
+
+    async def _read_previous(self) -> dict[PurePosixPath, LayerDescriptor]:
+        repo, tag = self.target.repository, self.target.tag
+        assert tag is not None
+        try:
+            manifest = await self.client.get_manifest(repo, tag)
+            document = manifest.json()
+            if manifest.media_type in INDEX_TYPES or document.get("mediaType") in INDEX_TYPES:
+                entries = [e for e in document.get("manifests", []) if _is_image_entry(e)]
+                if not entries:
+                    return {}
+                document = (await self.client.get_manifest(repo, str(entries[0]["digest"]))).json()
+        except ModelSyncError as exc:
+            if getattr(exc, "status", None) != 404:  # 404: nothing pushed yet, the usual case
+                log.info("not reusing layers of %s: %s", self.uri, exc)
+            return {}
+        except (ValueError, KeyError, TypeError) as exc:
+            log.info("not reusing layers of %s: its manifest is not what model-sync pushes (%s)", self.uri, exc)
+            return {}
+        layers = [LayerDescriptor.from_json(d) for d in document.get("layers") or [] if isinstance(d, dict)]
+        return {layer.path: layer for layer in layers if layer is not None and layer.source}
+
+    async def lookup(self, obj: ObjectInfo) -> Uploaded | None:
+        """The layer an earlier push holds for ``obj`` (same path, size and source identity), or None.
+
+        The blob must still be in the repository (HEAD). The returned ``Uploaded`` carries the layer's
+        digest and size, and the file's sha256 only when the source listed it.
+        """
+        identity = source_identity(obj)
+        if identity is None or obj.size is None:
+            return None
+        layer = (await self._previous_layers()).get(obj.path)
+        if layer is None or layer.source != identity or layer.size != ModelLayer(obj.path, obj.size).layer_size:
+            return None
+        if not await self.client.blob_exists(self.target.repository, layer.digest):
+            return None
+        extra = {"layer_digest": layer.digest, "layer_size": str(layer.size), "source": identity, "skipped": "true"}
+        return Uploaded(obj=obj, size=obj.size, sha256=(obj.digest or "").lower(), extra=extra)
+
     # --- the Destination protocol ---------------------------------------------------------------
 
     async def put(self, obj: ObjectInfo, data: AsyncIterator[bytes]) -> Uploaded:
@@ -226,15 +302,27 @@ class OciDestination:
         session = await self.client.start_upload(self.target.repository)
         assert session is not None
         self._sessions.add(session)
-        digest = await self.client.upload(
-            session,
-            layer.stream(data),
-            layer.layer_size,
-            chunk_size=self.chunk_size,
-            what=f"uploading {obj.path} to {self.target.name}",
-        )
+        try:
+            digest = await self.client.upload(
+                session,
+                layer.stream(data),
+                layer.layer_size,
+                chunk_size=self.chunk_size,
+                what=f"uploading {obj.path} to {self.target.name}",
+            )
+        except Exception:
+            # Cancelled here rather than in abort(): the engine may send the file again, in a new session.
+            # (On cancellation the session is left to abort(), which runs once within the stop budget.)
+            self._sessions.discard(session)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(CANCEL_TIMEOUT):
+                    await self.client.cancel_upload(session)
+            raise
         self._sessions.discard(session)
         extra = {"layer_digest": digest, "layer_size": str(layer.layer_size)}
+        identity = source_identity(obj)
+        if identity is not None:
+            extra["source"] = identity
         return Uploaded(obj=obj, size=size, sha256="", extra=extra)
 
     async def _spool(self, obj: ObjectInfo, data: AsyncIterator[bytes]) -> tuple[Path, int]:
@@ -261,7 +349,12 @@ class OciDestination:
         if self._copy_task is not None:
             await self._copy_task
         layers = [
-            LayerDescriptor(digest=u.extra["layer_digest"], size=int(u.extra["layer_size"]), path=u.obj.path)
+            LayerDescriptor(
+                digest=u.extra["layer_digest"],
+                size=int(u.extra["layer_size"]),
+                path=u.obj.path,
+                source=u.extra.get("source"),
+            )
             for u in uploaded
         ]
         repo, tag = self.target.repository, self.target.tag

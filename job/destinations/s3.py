@@ -19,54 +19,59 @@ digest checks run before a wrong file can become visible.
 The whole-file sha256 is not computed here: the engine's stream already hashes every byte and fills
 ``Uploaded.sha256`` (see ``job.destinations.base.Uploaded``), and a second hash of the same bytes in
 the same process would check nothing.
+
+Reruns. Every object is written with user metadata ``model-sync-source``: the file's identity at the
+source (:func:`~job.sources.base.source_identity`: its sha256 when listed, else its ETag, for a pvc its
+stat), and ``model-sync-sha256`` when the whole file's sha256 is known before the write (a listed
+digest, or a file that fits in one part). :meth:`S3Destination.lookup` HEADs the key before a file is
+sent: an object of the same size and identity was written by an earlier try and is not sent again (a
+multipart object gets its metadata only when completed, so a half-sent one never matches); the prefix is
+listed once first, so only keys already there with the right size cost a HEAD. Multipart
+uploads an earlier, killed try left open on a key are aborted before that key is written again, so a
+rerun leaves no incomplete upload behind (a lifecycle rule ``AbortIncompleteMultipartUpload`` is still
+good practice for jobs that are never rerun).
+
+Retries. Every request goes through :meth:`~job.s3_common.S3Connection.call`: a part is in memory, so
+retrying its request is retrying the part. A part or file that still fails aborts its multipart upload
+and raises; the engine may then send the file again from its start. On cancellation (SIGTERM) the upload
+is left to :meth:`S3Destination.abort`, which the engine runs once, bounded, instead of once per part.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
-import hashlib
 import logging
-import zlib
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import PurePosixPath
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 from job.config import JobConfig, S3Location
 from job.destinations.base import Committed, Uploaded
-from job.errors import ConfigError, DestinationError
+from job.errors import ConfigError, DestinationAuthError, DestinationError, ModelSyncError
+from job.retry import RetrySettings
 from job.s3_common import MAX_PARTS, S3Connection, choose_part_size, grow_part_size, s3_uri
-from job.sources.base import ObjectInfo
+from job.s3_parts import CHECKSUMS as _CHECKSUMS
+from job.s3_parts import PartBody
+from job.s3_parts import PartReader as _PartReader
+from job.sources.base import ObjectInfo, source_identity
+
+__all__ = ["_CHECKSUMS", "PartBody", "S3Destination", "_PartReader", "destination_key"]
 
 log = logging.getLogger(__name__)
 
 ChecksumName = Literal["SHA256", "CRC32"]
 ABORT_TIMEOUT = 20.0
 """Seconds one AbortMultipartUpload may take before we give up on it (and leave it to abort())."""
-
-
-class _Hash(Protocol):
-    def update(self, data: bytes | memoryview, /) -> None: ...
-    def digest(self) -> bytes: ...
-
-
-class _Crc32:
-    """zlib's CRC-32 (the one S3's ``ChecksumCRC32`` uses) with hashlib's update/digest interface."""
-
-    def __init__(self) -> None:
-        self.value = 0
-
-    def update(self, data: bytes | memoryview, /) -> None:
-        self.value = zlib.crc32(data, self.value)
-
-    def digest(self) -> bytes:
-        return self.value.to_bytes(4, "big")
-
-
-_CHECKSUMS: dict[str, tuple[Callable[[], _Hash], str]] = {
-    "SHA256": (hashlib.sha256, "ChecksumSHA256"),
-    "CRC32": (_Crc32, "ChecksumCRC32"),
-}
+META_SOURCE = "model-sync-source"
+"""User metadata: the file's identity at its source (``x-amz-meta-model-sync-source``)."""
+META_SHA256 = "model-sync-sha256"
+"""User metadata: ``sha256:<hex>`` of the whole file, when it was known before the write."""
+MAX_STALE_LISTING = 100
+"""Pages of ``ListMultipartUploads`` read to find uploads an earlier try left open (1,000 uploads a page)."""
+MAX_EXISTING_LISTING = 100
+"""Pages of ``ListObjectsV2`` read to learn what is under the prefix already (1,000 keys a page); beyond
+that, each file is looked up with its own HEAD."""
 
 
 def destination_key(prefix: str, path: PurePosixPath | str) -> str:
@@ -76,116 +81,6 @@ def destination_key(prefix: str, path: PurePosixPath | str) -> str:
     """
     prefix = prefix.strip("/")
     return f"{prefix}/{path}" if prefix else str(path)
-
-
-class _PartReader:
-    """Cut the engine's chunk stream into parts, checksumming each part as its chunks arrive.
-
-    Errors the stream raises propagate unchanged. Only a chunk that straddles a part boundary is
-    sliced (as memoryviews, no copy); each part is copied once, into one ``bytearray``.
-    """
-
-    def __init__(self, data: AsyncIterator[bytes], new_hash: Callable[[], _Hash]) -> None:
-        self._data = data
-        self._new_hash = new_hash
-        self._pending: bytes | memoryview = b""
-        self._eof = False
-        self.consumed = 0
-
-    async def _next(self) -> bytes | memoryview:
-        if self._pending:
-            chunk, self._pending = self._pending, b""
-            return chunk
-        while not self._eof:
-            try:
-                chunk = await anext(self._data)
-            except StopAsyncIteration:
-                self._eof = True
-                break
-            if chunk:
-                return chunk
-        return b""
-
-    async def at_eof(self) -> bool:
-        """True once the stream has ended (reads ahead one chunk, and keeps it, to find out)."""
-        if not self._pending:
-            self._pending = await self._next()
-        return not self._pending
-
-    async def read_part(self, size: int) -> tuple[bytearray, str]:
-        """The next ``size`` bytes (fewer only at the end) and their base64 checksum.
-
-        A ``bytearray``, not ``bytes``: botocore wraps a ``bytes`` body in a ``BytesIO``, which aiohttp
-        un-shares (a copy of the part) and re-reads in 64 KiB copies; a bytearray is sent as it is.
-        Measured on 512 MiB, 2 files x 4 parts: the same client CPU, 15-30 MiB less peak RSS.
-        """
-        # Chunks are copied into one buffer of the part's size as they arrive, and dropped at once:
-        # collecting them first and joining at the end held every part twice at its peak.
-        buffer = bytearray(size)
-        view = memoryview(buffer)
-        digest = self._new_hash()
-        filled = 0
-        while filled < size:
-            chunk = await self._next()
-            if not chunk:
-                break
-            room = size - filled
-            if len(chunk) > room:
-                whole = memoryview(chunk)
-                chunk, self._pending = whole[:room], whole[room:]
-            digest.update(chunk)
-            view[filled : filled + len(chunk)] = chunk
-            filled += len(chunk)
-        view.release()
-        self.consumed += filled
-        if filled < size:
-            del buffer[filled:]  # the last part: shrink in place
-        return buffer, base64.b64encode(digest.digest()).decode("ascii")
-
-
-class PartBody:
-    """A part's bytes as botocore and aiohttp should see them: sent in slices, never copied whole.
-
-    Given a ``bytearray``, aiohttp 3.14 on Python < 3.12.9 joins the request headers with the whole
-    body into one new ``bytes`` (its writelines fallback), and asyncio's transport then copies what the
-    socket did not take: three copies of every part in flight. As an async iterable (aiohttp's
-    ``AsyncIterablePayload``, sized by the Content-Length botocore sets from ``len()``), the part goes
-    out in ``SLICE``-sized memoryviews and the transport holds at most about one slice.
-    ``read``/``seek``/``tell`` are what botocore needs to validate the body and to rewind it before it
-    retries a request; nothing here copies the part.
-    """
-
-    SLICE = 1024 * 1024
-
-    __slots__ = ("_data", "_pos")
-
-    def __init__(self, data: bytearray) -> None:
-        self._data = data
-        self._pos = 0
-
-    def __len__(self) -> int:
-        return len(self._data)
-
-    def read(self, size: int = -1) -> bytes:
-        """Sync read, for botocore's checks (not the hot path: aiohttp iterates instead)."""
-        end = len(self._data) if size is None or size < 0 else min(len(self._data), self._pos + size)
-        chunk = bytes(self._data[self._pos : end])
-        self._pos = end
-        return chunk
-
-    def seek(self, offset: int, whence: int = 0) -> int:
-        base = {0: 0, 1: self._pos, 2: len(self._data)}[whence]
-        self._pos = max(0, min(len(self._data), base + offset))
-        return self._pos
-
-    def tell(self) -> int:
-        return self._pos
-
-    async def __aiter__(self) -> AsyncIterator[memoryview]:
-        view = memoryview(self._data)
-        while self._pos < len(self._data):
-            start, self._pos = self._pos, min(len(self._data), self._pos + self.SLICE)
-            yield view[start : self._pos]
 
 
 class S3Destination:
@@ -199,6 +94,7 @@ class S3Destination:
         part_size: int | None = None,
         checksum: ChecksumName = "SHA256",
         max_pool_connections: int = 10,
+        retry: RetrySettings | None = None,
     ) -> None:
         if checksum not in _CHECKSUMS:
             raise ConfigError(f"S3 checksum must be one of {', '.join(_CHECKSUMS)}, got {checksum!r}")
@@ -209,9 +105,16 @@ class S3Destination:
         self.part_size = part_size
         self.checksum = checksum
         self._new_hash, self._checksum_field = _CHECKSUMS[checksum]
-        self._conn = S3Connection(location, side="destination", max_pool_connections=max_pool_connections)
+        self._conn = S3Connection(location, side="destination", max_pool_connections=max_pool_connections, retry=retry)
         self._open_uploads: dict[str, str] = {}
         """upload id -> key of every multipart upload created and not yet completed or aborted."""
+        self._stale: dict[str, list[str]] | None = None
+        """key -> upload ids left open under the prefix by earlier tries (listed once, on first need)."""
+        self._stale_lock = asyncio.Lock()
+        self._existing: dict[str, int] | None = None
+        """key -> size of each object under the prefix before this run wrote any (listed once)."""
+        self._existing_listed = False
+        self._existing_lock = asyncio.Lock()
 
     @classmethod
     def from_config(cls, config: JobConfig) -> S3Destination:
@@ -223,6 +126,7 @@ class S3Destination:
             parallel_parts=config.parallel_parts,
             part_size=config.part_size,
             max_pool_connections=config.parallel_files * config.parallel_parts,
+            retry=config.retry,
         )
 
     @property
@@ -233,6 +137,64 @@ class S3Destination:
     def key_for(self, path: PurePosixPath | str) -> str:
         """The object key a file of the model is written to."""
         return destination_key(self.prefix, path)
+
+    async def lookup(self, obj: ObjectInfo) -> Uploaded | None:
+        """The object an earlier try wrote for ``obj`` (same size and source identity), or None: send it.
+
+        One HEAD. A file whose identity the source cannot tell is always sent.
+        """
+        identity = source_identity(obj)
+        if identity is None or obj.size is None:
+            return None
+        key = self.key_for(obj.path)
+        existing = await self._existing_sizes()
+        if existing is not None and existing.get(key) != obj.size:
+            return None  # nothing of that size there: no HEAD needed (the first run into a fresh prefix)
+        try:
+            head = await self._conn.call(
+                "head_object", "looking up", s3_uri(self.bucket, key), Bucket=self.bucket, Key=key
+            )
+        except DestinationAuthError as exc:
+            # Without s3:ListBucket, S3 answers a HEAD of a missing key with 403, not 404; a writer that may
+            # only PutObject cannot look: send the file (the upload reports a real permission problem).
+            log.debug("cannot look up %s, sending it: %s", key, exc)
+            return None
+        except ModelSyncError as exc:
+            if getattr(exc, "status", None) == 404 or getattr(exc, "code", None) in ("404", "NoSuchKey", "NotFound"):
+                return None
+            raise
+        metadata = {k.lower(): v for k, v in (head.get("Metadata") or {}).items()}
+        if int(head.get("ContentLength", -1)) != obj.size or metadata.get(META_SOURCE) != identity:
+            return None
+        sha256 = metadata.get(META_SHA256) or obj.digest or ""
+        extra = {"key": key, "etag": str(head.get("ETag", "")), "skipped": "true"}
+        return Uploaded(obj=obj, size=obj.size, sha256=sha256.lower(), extra=extra)
+
+    async def _existing_sizes(self) -> dict[str, int] | None:
+        """What is under the prefix (key -> size), listed once; None when it may not be listed or is too long."""
+        async with self._existing_lock:
+            if not self._existing_listed:
+                self._existing = await self._list_existing()
+                self._existing_listed = True
+        return self._existing
+
+    async def _list_existing(self) -> dict[str, int] | None:
+        prefix = self.prefix + "/" if self.prefix else ""
+        sizes: dict[str, int] = {}
+        token: str | None = None
+        try:
+            for _ in range(MAX_EXISTING_LISTING):
+                kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix}
+                if token:
+                    kwargs["ContinuationToken"] = token
+                page = await self._conn.call("list_objects_v2", "listing", self.uri, **kwargs)
+                sizes.update({str(item["Key"]): int(item["Size"]) for item in page.get("Contents", [])})
+                token = page.get("NextContinuationToken") if page.get("IsTruncated") else None
+                if not token:
+                    return sizes
+        except ModelSyncError as exc:  # no s3:ListBucket: a HEAD per file instead
+            log.debug("not listing %s: %s", self.uri, exc)
+        return None
 
     async def put(self, obj: ObjectInfo, data: AsyncIterator[bytes]) -> Uploaded:
         """Upload one file from its stream (see the module docstring); returns its size, key and ETag.
@@ -247,27 +209,79 @@ class S3Destination:
         slots = asyncio.Semaphore(self.parallel_parts)
         await slots.acquire()  # the first part is in memory from here on
         first, checksum = await reader.read_part(part_size)
+        metadata = self._metadata(obj)
         if await reader.at_eof():
-            etag = await self._put_object(key, obj, first, checksum)
+            if self.checksum == "SHA256" and obj.size == len(first):
+                metadata.setdefault(META_SHA256, "sha256:" + base64.b64decode(checksum).hex())
+            etag = await self._put_object(key, obj, first, checksum, metadata)
         else:
+            await self._abort_stale(key)
             # Handed over in a list so this frame does not keep the first part alive for the whole upload.
             handover, first = [first], bytearray()
-            etag = await self._multipart(key, obj, reader, slots, handover, checksum, part_size)
+            etag = await self._multipart(key, obj, reader, slots, handover, checksum, part_size, metadata)
         return Uploaded(obj=obj, size=reader.consumed, sha256="", extra={"key": key, "etag": etag})
 
-    async def _put_object(self, key: str, obj: ObjectInfo, body: bytearray, checksum: str) -> str:
-        client = await self._conn.client()
-        try:
-            response = await client.put_object(
-                Bucket=self.bucket,
-                Key=key,
-                Body=PartBody(body),
-                ChecksumAlgorithm=self.checksum,
-                **{self._checksum_field: checksum},
-            )
-        except Exception as exc:
-            raise self._conn.error(exc, "uploading", s3_uri(self.bucket, key), path=str(obj.path)) from exc
+    def _metadata(self, obj: ObjectInfo) -> dict[str, str]:
+        metadata: dict[str, str] = {}
+        identity = source_identity(obj)
+        if identity is not None:
+            metadata[META_SOURCE] = identity
+        if obj.digest and obj.digest.lower().startswith("sha256:"):
+            metadata[META_SHA256] = obj.digest.lower()
+        return metadata
+
+    async def _put_object(
+        self, key: str, obj: ObjectInfo, body: bytearray, checksum: str, metadata: dict[str, str]
+    ) -> str:
+        response = await self._conn.call(
+            "put_object",
+            "uploading",
+            s3_uri(self.bucket, key),
+            path=str(obj.path),
+            Bucket=self.bucket,
+            Key=key,
+            Body=PartBody(body),
+            ChecksumAlgorithm=self.checksum,
+            Metadata=metadata,
+            **{self._checksum_field: checksum},
+        )
         return str(response.get("ETag", ""))
+
+    async def _abort_stale(self, key: str) -> None:
+        """Abort the multipart uploads of ``key`` that an earlier (killed) try left open. Never raises."""
+        async with self._stale_lock:
+            if self._stale is None:
+                self._stale = await self._list_stale()
+        for upload_id in self._stale.pop(key, []):
+            if upload_id not in self._open_uploads:
+                log.info("aborting a multipart upload of %s left open by an earlier try", s3_uri(self.bucket, key))
+                await self._abort_upload(upload_id, key)
+
+    async def _list_stale(self) -> dict[str, list[str]]:
+        stale: dict[str, list[str]] = {}
+        prefix = self.prefix + "/" if self.prefix else ""
+        markers: dict[str, str] = {}
+        try:
+            for _ in range(MAX_STALE_LISTING):
+                page = await self._conn.call(
+                    "list_multipart_uploads",
+                    "listing open uploads under",
+                    self.uri,
+                    Bucket=self.bucket,
+                    Prefix=prefix,
+                    **markers,
+                )
+                for upload in page.get("Uploads", []):
+                    stale.setdefault(str(upload["Key"]), []).append(str(upload["UploadId"]))
+                if not page.get("IsTruncated"):
+                    break
+                markers = {
+                    "KeyMarker": page.get("NextKeyMarker", ""),
+                    "UploadIdMarker": page.get("NextUploadIdMarker", ""),
+                }
+        except ModelSyncError as exc:  # no s3:ListBucketMultipartUploads: nothing to clean, not a failure
+            log.debug("not looking for open multipart uploads: %s", exc)
+        return stale
 
     async def _multipart(
         self,
@@ -278,13 +292,19 @@ class S3Destination:
         first: list[bytearray],
         checksum: str,
         part_size: int,
+        metadata: dict[str, str],
     ) -> str:
-        client = await self._conn.client()
         target, path = s3_uri(self.bucket, key), str(obj.path)
-        try:
-            created = await client.create_multipart_upload(Bucket=self.bucket, Key=key, ChecksumAlgorithm=self.checksum)
-        except Exception as exc:
-            raise self._conn.error(exc, "starting a multipart upload to", target, path=path) from exc
+        created = await self._conn.call(
+            "create_multipart_upload",
+            "starting a multipart upload to",
+            target,
+            path=path,
+            Bucket=self.bucket,
+            Key=key,
+            ChecksumAlgorithm=self.checksum,
+            Metadata=metadata,
+        )
         upload_id: str = created["UploadId"]
         self._open_uploads[upload_id] = key
         tasks: list[asyncio.Task[dict[str, Any]]] = []
@@ -299,7 +319,7 @@ class S3Destination:
         try:
             number, body = 1, first.pop()
             while True:
-                task = asyncio.create_task(self._upload_part(client, key, upload_id, number, body, checksum, path))
+                task = asyncio.create_task(self._upload_part(key, upload_id, number, body, checksum, path))
                 task.add_done_callback(part_done)
                 tasks.append(task)
                 del body
@@ -321,55 +341,81 @@ class S3Destination:
                     )
                 body, checksum = await reader.read_part(part_size)
             parts = [await task for task in tasks]
-            try:
-                response = await client.complete_multipart_upload(
-                    Bucket=self.bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}
-                )
-            except Exception as exc:
-                raise self._conn.error(exc, "completing the multipart upload of", target, path=path) from exc
-        except BaseException:
+            response = await self._complete(key, upload_id, parts, reader.consumed, path)
+        except BaseException as exc:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-            await self._abort_upload(upload_id, key)
+            if not isinstance(exc, asyncio.CancelledError):
+                # Cancelled (SIGTERM): abort() cleans up once, within the stop budget; here it would run
+                # once per file, unbounded by it.
+                await self._abort_upload(upload_id, key)
             raise
         del self._open_uploads[upload_id]
         return str(response.get("ETag", ""))
 
-    async def _upload_part(
-        self,
-        client: Any,
-        key: str,
-        upload_id: str,
-        number: int,
-        body: bytearray,
-        checksum: str,
-        path: str,
+    async def _complete(
+        self, key: str, upload_id: str, parts: list[dict[str, Any]], size: int, path: str
     ) -> dict[str, Any]:
-        """Upload one part (botocore retries the request)."""
+        target = s3_uri(self.bucket, key)
         try:
-            response = await client.upload_part(
+            response: dict[str, Any] = await self._conn.call(
+                "complete_multipart_upload",
+                "completing the multipart upload of",
+                target,
+                path=path,
                 Bucket=self.bucket,
                 Key=key,
                 UploadId=upload_id,
-                PartNumber=number,
-                Body=PartBody(body),
-                ChecksumAlgorithm=self.checksum,
-                **{self._checksum_field: checksum},
+                MultipartUpload={"Parts": parts},
             )
-        except Exception as exc:
-            target = s3_uri(self.bucket, key)
-            raise self._conn.error(exc, f"uploading part {number} of", target, path=path) from exc
+        except ModelSyncError as exc:
+            # A retried Complete whose first try did land (its answer was lost) finds the upload gone.
+            if getattr(exc, "code", None) != "NoSuchUpload":
+                raise
+            head = await self._conn.call("head_object", "looking up", target, path=path, Bucket=self.bucket, Key=key)
+            if int(head.get("ContentLength", -1)) != size or not str(head.get("ETag", "")).endswith(f'-{len(parts)}"'):
+                raise
+            response = head
+        return response
+
+    async def _upload_part(
+        self, key: str, upload_id: str, number: int, body: bytearray, checksum: str, path: str
+    ) -> dict[str, Any]:
+        """Upload one part (the request, and so the part, is retried by ``S3Connection.call``)."""
+        response = await self._conn.call(
+            "upload_part",
+            f"uploading part {number} of",
+            s3_uri(self.bucket, key),
+            path=path,
+            Bucket=self.bucket,
+            Key=key,
+            UploadId=upload_id,
+            PartNumber=number,
+            Body=PartBody(body),
+            ChecksumAlgorithm=self.checksum,
+            **{self._checksum_field: checksum},
+        )
         return {"PartNumber": number, "ETag": response["ETag"], self._checksum_field: checksum}
 
     async def _abort_upload(self, upload_id: str, key: str) -> bool:
         """Abort one multipart upload; True when it is gone. Logs instead of raising."""
         try:
-            client = await self._conn.client()
             async with asyncio.timeout(ABORT_TIMEOUT):
-                await client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
-        except Exception as exc:
-            error = self._conn.error(exc, "aborting the multipart upload of", s3_uri(self.bucket, key))
+                await self._conn.call(
+                    "abort_multipart_upload",
+                    "aborting the multipart upload of",
+                    s3_uri(self.bucket, key),
+                    Bucket=self.bucket,
+                    Key=key,
+                    UploadId=upload_id,
+                )
+        except TimeoutError:
+            log.warning(
+                "aborting the multipart upload of %s: gave up after %.0f s", s3_uri(self.bucket, key), ABORT_TIMEOUT
+            )
+            return False
+        except ModelSyncError as error:
             if getattr(error, "code", None) != "NoSuchUpload":
                 log.warning("%s", error)
                 return False

@@ -14,6 +14,7 @@ Contract:
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
@@ -37,8 +38,31 @@ class ObjectInfo:
     """The source's version marker (S3 ETag, http ETag): a change between list and open is an error."""
 
 
+def source_identity(obj: ObjectInfo) -> str | None:
+    """A short ASCII string naming this exact version of the file at its source, or None when none is known.
+
+    The listed ``sha256:`` digest when there is one, else ``etag:<ETag>`` (a strong ETag only: a weak one
+    promises equivalent, not equal, bytes). A destination stores it with what it wrote, so that a rerun
+    recognises a file an earlier try already sent (same path, size and identity) and does not send it
+    again; rsync's quick check (size and mtime) is the same idea, and the pvc source's ETag is its stat.
+    """
+    if obj.digest:
+        return obj.digest.lower()
+    etag = obj.etag
+    if not etag or etag.startswith("W/"):
+        return None
+    if len(etag) > 200 or not (etag.isascii() and etag.isprintable()):
+        return "etag-sha256:" + hashlib.sha256(etag.encode("utf-8", "surrogateescape")).hexdigest()
+    return "etag:" + etag
+
+
 class Source(Protocol):
-    """Where the model comes from."""
+    """Where the model comes from.
+
+    A source may also have ``seekable = True``: ``open(obj, offset=n)`` then reads from byte ``n`` cheaply
+    (a ranged GET, a seek), and the engine resumes a read that broke mid-file there rather than sending
+    the file again (see ``job.transfer``). Without it the engine assumes no such thing.
+    """
 
     def list(self) -> AsyncIterator[ObjectInfo]:
         """Yield every file of the model once."""

@@ -40,6 +40,7 @@ from job.oci_client import RegistryClient
 from job.oci_layers import FileLocation, ModelTree, RangedInput, StreamInput, TarMember, inflate, scan_tar
 from job.oci_protocol import ANNOTATION_TITLE, DOCKER_CONFIG, INDEX_TYPES, OCI_CONFIG, OCI_LAYER_TAR_GZIP
 from job.oci_ref import parse_reference
+from job.retry import RetrySettings
 from job.sources.base import ObjectInfo, safe_relative_path
 
 log = logging.getLogger(__name__)
@@ -83,7 +84,11 @@ class _Layer:
 class OciSource:
     """Read a model from an image or ORAS artifact (see the module docstring)."""
 
-    def __init__(self, location: OciLocation, *, max_connections: int = 16) -> None:
+    seekable = True
+    """``open(obj, offset=n)`` is a ranged GET (a gzip layer: streamed again and skipped to ``n``), and a
+    blob is addressed by its digest, so a resumed read is the same bytes: the engine resumes broken reads."""
+
+    def __init__(self, location: OciLocation, *, max_connections: int = 16, retry: RetrySettings | None = None) -> None:
         self.location = location
         self.ref = parse_reference(location.reference)
         self.platform = location.platform or default_platform()
@@ -96,6 +101,7 @@ class OciSource:
             ca_bundle=location.ca_bundle,
             side="source",
             max_connections=max_connections,
+            retry=retry,
         )
         self._layers: builtins.list[_Layer] = []
         self._files: dict[PurePosixPath, FileLocation] = {}
@@ -105,7 +111,7 @@ class OciSource:
         """Build from ``config.source`` (an :class:`OciLocation`)."""
         if not isinstance(config.source, OciLocation):
             raise ConfigError("OciSource needs an oci source location")
-        return cls(config.source, max_connections=2 * config.parallel_files + 4)
+        return cls(config.source, max_connections=2 * config.parallel_files + 4, retry=config.retry)
 
     # --- resolving ------------------------------------------------------------------------------
 

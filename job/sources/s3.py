@@ -9,6 +9,14 @@ checked by :func:`~job.sources.base.safe_relative_path`. An empty prefix is ``So
 ``open(obj, offset)``: one GET with ``If-Match`` on the listed ETag (an object replaced since the listing
 is an error, not a silent mix of two versions) and ``Range: bytes=offset-`` when resuming; the body's
 chunks are passed on as they arrive (``iter_chunks`` returns what aiohttp has buffered, 0.25-1.2 MiB).
+The answer's own ETag and length are checked against the listing too: not every S3 implementation
+honours ``If-Match`` on GET (older MinIO and Ceph RGW releases ignored it), and a 200 to a ranged GET
+would otherwise be read as the bytes after the offset. The source is ``seekable``: the engine resumes a
+read that broke (a reset, a body cut short, a read timeout) at its offset with another ranged GET.
+
+Every request goes through :meth:`~job.s3_common.S3Connection.call` (retries, ``Retry-After``), the
+listing's pages too (one ``list_objects_v2`` per page instead of botocore's paginator, which would
+bypass it).
 
 With ``ranged_reads=True`` an object larger than one part is read as parallel ranged GETs instead:
 ``parallel_parts`` ranges of ``part_size`` in flight, yielded in order, so memory stays under
@@ -30,6 +38,7 @@ from typing import Any
 
 from job.config import JobConfig, S3Location
 from job.errors import ConfigError, SourceAuthError, SourceError, SourceNotFound
+from job.retry import RetrySettings
 from job.s3_common import MiB, S3Connection, choose_part_size, s3_uri
 from job.sources.base import ObjectInfo, safe_relative_path
 
@@ -43,6 +52,9 @@ _DIRECTORY_TYPES = {"application/x-directory", "httpd/unix-directory"}
 class S3Source:
     """A :class:`~job.sources.base.Source` over an S3 object or prefix."""
 
+    seekable = True
+    """``open(obj, offset=n)`` reads from byte ``n`` (a ranged GET): the engine resumes broken reads there."""
+
     def __init__(
         self,
         location: S3Location,
@@ -51,6 +63,7 @@ class S3Source:
         part_size: int | None = None,
         ranged_reads: bool = False,
         max_pool_connections: int = 10,
+        retry: RetrySettings | None = None,
     ) -> None:
         self.location = location
         self.bucket = location.bucket
@@ -58,7 +71,7 @@ class S3Source:
         self.parallel_parts = max(1, parallel_parts)
         self.part_size = part_size
         self.ranged_reads = ranged_reads
-        self._conn = S3Connection(location, side="source", max_pool_connections=max_pool_connections)
+        self._conn = S3Connection(location, side="source", max_pool_connections=max_pool_connections, retry=retry)
         self._keys: dict[PurePosixPath, str] = {}
 
     @classmethod
@@ -71,25 +84,26 @@ class S3Source:
             parallel_parts=config.parallel_parts,
             part_size=config.part_size,
             max_pool_connections=config.parallel_files * config.parallel_parts,
+            retry=config.retry,
         )
 
     # --- list ---------------------------------------------------------------------------------
 
     async def list(self) -> AsyncIterator[ObjectInfo]:
         """Yield the one object, or every object under the prefix (see the module docstring)."""
-        client = await self._conn.client()
         head_error: SourceAuthError | None = None
         if self.key and not self.key.endswith("/"):
             try:
-                head = await client.head_object(Bucket=self.bucket, Key=self.key)
-            except Exception as exc:
-                mapped = self._conn.error(exc, "looking up", s3_uri(self.bucket, self.key))
+                head = await self._conn.call(
+                    "head_object", "looking up", s3_uri(self.bucket, self.key), Bucket=self.bucket, Key=self.key
+                )
+            except SourceError as mapped:
                 if isinstance(mapped, SourceAuthError):
                     # On AWS a missing key answers 403 to a client without s3:ListBucket: let the
                     # listing decide, and report this error if it finds nothing either.
                     head_error = mapped
                 elif not isinstance(mapped, SourceNotFound):  # 404: not an object, so a prefix
-                    raise mapped from exc
+                    raise
             else:
                 if head.get("ContentType") not in _DIRECTORY_TYPES:  # SeaweedFS answers HEAD on dirs
                     path = safe_relative_path(self.key.rsplit("/", 1)[-1], what="S3 key")
@@ -100,21 +114,25 @@ class S3Source:
         prefix = _as_prefix(self.key)
         target = s3_uri(self.bucket, prefix)
         found = 0
-        try:
-            pages = client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix)
-            async for page in pages:
-                for item in page.get("Contents", []):
-                    key: str = item["Key"]
-                    if key.endswith("/"):
-                        continue  # a folder marker, not a file
-                    path = safe_relative_path(key[len(prefix) :], what="S3 key")
-                    self._keys[path] = key
-                    found += 1
-                    yield ObjectInfo(path=path, size=int(item["Size"]), etag=item.get("ETag"))
-        except SourceError:
-            raise
-        except Exception as exc:
-            raise self._conn.error(exc, "listing", target) from exc
+        token: str | None = None
+        seen: set[str] = set()
+        while True:
+            kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix}
+            if token:
+                kwargs["ContinuationToken"] = token
+            page = await self._conn.call("list_objects_v2", "listing", target, **kwargs)
+            for item in page.get("Contents", []):
+                key: str = item["Key"]
+                if key.endswith("/"):
+                    continue  # a folder marker, not a file
+                path = safe_relative_path(key[len(prefix) :], what="S3 key")
+                self._keys[path] = key
+                found += 1
+                yield ObjectInfo(path=path, size=int(item["Size"]), etag=item.get("ETag"))
+            token = page.get("NextContinuationToken") if page.get("IsTruncated") else None
+            if not token or token in seen:  # a server repeating its token would loop forever
+                break
+            seen.add(token)
         if not found:
             if head_error is not None:
                 raise head_error
@@ -159,17 +177,20 @@ class S3Source:
 
     async def _get(self, key: str, obj: ObjectInfo, byte_range: str | None) -> Any:
         """GET the object (or a range of it), pinned to the listed ETag; returns the streaming body."""
-        client = await self._conn.client()
         kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": key}
         if byte_range:
             kwargs["Range"] = byte_range
         if obj.etag:
             kwargs["IfMatch"] = obj.etag
+        target = s3_uri(self.bucket, key)
+        response = await self._conn.call("get_object", "reading", target, path=str(obj.path), **kwargs)
+        body = response["Body"]
         try:
-            response = await client.get_object(**kwargs)
-        except Exception as exc:
-            raise self._conn.error(exc, "reading", s3_uri(self.bucket, key), path=str(obj.path)) from exc
-        return response["Body"]
+            _check_answer(response, obj, byte_range, target)
+        except SourceError:
+            body.close()
+            raise
+        return body
 
     async def _chunks(self, body: Any, target: str, path: str) -> AsyncGenerator[bytes, None]:
         try:
@@ -217,6 +238,33 @@ class S3Source:
     async def close(self) -> None:
         """Close the S3 client."""
         await self._conn.close()
+
+
+def _check_answer(response: dict[str, Any], obj: ObjectInfo, byte_range: str | None, target: str) -> None:
+    """The GET answered the listed version and the range asked for, or SourceError (see the module doc)."""
+    path = str(obj.path)
+    etag = response.get("ETag")
+    if obj.etag and etag and etag != obj.etag:
+        raise SourceError(
+            f"reading {target}: the object changed after it was listed (ETag {etag}, listed {obj.etag})",
+            uri=target,
+            path=path,
+        )
+    total: int | None = None
+    content_range = response.get("ContentRange")
+    if content_range and "/" in content_range:
+        tail = content_range.rsplit("/", 1)[1]
+        total = int(tail) if tail.isdigit() else None
+    elif not byte_range:
+        total = response.get("ContentLength")
+    elif byte_range and not content_range:
+        raise SourceError(f"reading {target}: the server ignored the byte range {byte_range}", uri=target, path=path)
+    if obj.size is not None and total is not None and total != obj.size:
+        raise SourceError(
+            f"reading {target}: the object changed after it was listed (now {total} bytes, listed {obj.size})",
+            uri=target,
+            path=path,
+        )
 
 
 def _as_prefix(key: str) -> str:

@@ -41,7 +41,7 @@ from tenacity import RetryCallState
 
 from job.config import JobConfig, UriLocation
 from job.errors import ConfigError, SourceAuthError, SourceError, SourceNotFound
-from job.retry import is_retryable_status, retry_policy
+from job.retry import RetrySettings, carry_retryability, is_retryable_status, retry_policy
 from job.sources.base import ObjectInfo, Source
 from job.streams import describe
 
@@ -65,7 +65,24 @@ class HttpSettings:
     """Times one body may be resumed with ``Range`` after its connection broke."""
     max_redirects: int = 10
     timeout: float = 60.0
-    """Seconds a connect or a read may stall before it counts as a transport error."""
+    """Seconds a read may stall before it counts as a transport error (no total: a body may take hours)."""
+    connect_timeout: float = 10.0
+    """Seconds to open a connection."""
+    retry_after_cap: float = 60.0
+    """Seconds: the longest ``Retry-After`` honoured."""
+
+    @classmethod
+    def from_retry(cls, retry: RetrySettings) -> HttpSettings:
+        """The job's retry budget and timeouts (``MODEL_SYNC_RETRY_*``, ``*_TIMEOUT``)."""
+        return cls(
+            attempts=retry.attempts,
+            initial_wait=retry.initial_wait,
+            max_wait=retry.max_wait,
+            resume_attempts=max(0, retry.attempts - 1),
+            timeout=retry.read_timeout,
+            connect_timeout=retry.connect_timeout,
+            retry_after_cap=retry.retry_after_cap,
+        )
 
 
 def display_url(url: str | httpx.URL) -> str:
@@ -146,7 +163,7 @@ def _status_error(error: _StatusError, what: str, url: str) -> SourceError:
         cls = SourceNotFound
     elif status in (401, 403):
         cls = SourceAuthError
-    return cls(message, uri=display_url(url))
+    return carry_retryability(cls(message, uri=display_url(url)), error)
 
 
 class HttpClient:
@@ -169,7 +186,7 @@ class HttpClient:
             self._scoped.setdefault(origin_of(url), {}).update(headers)
         self._client = httpx.AsyncClient(
             transport=transport,
-            timeout=httpx.Timeout(self.settings.timeout),
+            timeout=httpx.Timeout(self.settings.timeout, connect=self.settings.connect_timeout, pool=None),
             follow_redirects=False,
             # identity: Content-Length and Range then count the file's own bytes, and aiter_raw needs no decoder.
             headers={"User-Agent": USER_AGENT, "Accept-Encoding": "identity"},
@@ -195,12 +212,17 @@ class HttpClient:
         def log_retry(state: RetryCallState) -> None:
             exc = state.outcome.exception() if state.outcome is not None else None
             cause = f"HTTP {exc.status}" if isinstance(exc, _StatusError) else describe(exc or Exception())
-            log.warning("%s: %s; retrying (attempt %d)", what, cause, state.attempt_number + 1)
+            wait = state.next_action.sleep if state.next_action is not None else 0.0
+            log.warning(
+                "%s: %s; retrying in %.1fs (attempt %d of %d)",
+                what, cause, wait, state.attempt_number + 1, self.settings.attempts,
+            )  # fmt: skip
 
         policy = retry_policy(
             attempts=self.settings.attempts,
             initial_wait=self.settings.initial_wait,
             max_wait=self.settings.max_wait,
+            retry_after_cap=self.settings.retry_after_cap,
             before_sleep=log_retry,
         )
         try:
@@ -216,7 +238,7 @@ class HttpClient:
         except _StatusError as exc:
             raise _status_error(exc, what, url) from None
         except httpx.HTTPError as exc:
-            raise SourceError(f"{what}: {describe(exc)}", uri=display_url(url)) from exc
+            raise carry_retryability(SourceError(f"{what}: {describe(exc)}", uri=display_url(url)), exc) from exc
         raise AssertionError("unreachable")  # pragma: no cover - the policy re-raises the last error
 
     async def get_json(self, url: str, *, what: str, limit: int = 64 * 1024 * 1024) -> tuple[Any, httpx.Response]:
@@ -391,17 +413,22 @@ class Download:
 
     def _check_resumable(self, exc: httpx.TransportError, pos: int, resumes: int) -> None:
         done = pos - self.start_at
+        # Both still retryable: the engine may send the file again from its start (a new GET).
         if not self.resumable:
-            raise SourceError(
+            error = SourceError(
                 f"{self.what}: the connection broke after {done} bytes and the server does not support range "
                 f"requests (no 'Accept-Ranges: bytes'), so the download cannot resume: {describe(exc)}",
                 uri=display_url(self.url),
-            ) from exc
+            )
+            error.retryable = True
+            raise error from exc
         if resumes > self._client.settings.resume_attempts:
-            raise SourceError(
+            error = SourceError(
                 f"{self.what}: the connection broke {resumes} times; gave up after {done} bytes: {describe(exc)}",
                 uri=display_url(self.url),
-            ) from exc
+            )
+            error.retryable = True
+            raise error from exc
 
     async def aclose(self) -> None:
         """Release the connection (idempotent)."""
@@ -508,7 +535,7 @@ class UriSource:
         """The source for ``config.source`` (a :class:`UriLocation`); archives may spool to ``storage_path``."""
         if not isinstance(config.source, UriLocation):
             raise ConfigError("UriSource needs a uri source location")
-        return cls(config.source, storage_path=config.storage_path)
+        return cls(config.source, storage_path=config.storage_path, settings=HttpSettings.from_retry(config.retry))
 
     async def _pick(self) -> Source:
         # Imported here: both build on this module's http layer.

@@ -16,6 +16,7 @@ from pathlib import PurePosixPath
 from typing import Any
 
 import pytest
+from botocore.exceptions import ClientError  # type: ignore[import-untyped]
 from pydantic import SecretStr
 
 from job.config import S3Location
@@ -243,8 +244,9 @@ async def test_abort_cleans_uploads_put_could_not_abort(weed: S3Server) -> None:
     real_abort = client.abort_multipart_upload
 
     async def flaky_abort(**kwargs: Any) -> Any:
-        client.abort_multipart_upload = real_abort  # fails once, then works
-        raise ConnectionResetError("network blip")
+        # Fails once, then works. Not a retryable error (a reset would be retried within the put itself).
+        client.abort_multipart_upload = real_abort
+        raise ClientError({"Error": {"Code": "AccessDenied", "Message": "not now"}}, "AbortMultipartUpload")
 
     client.abort_multipart_upload = flaky_abort
     stream = FailingStream(payload(12 * MiB, 7), chunk_size=MiB, fail_after=11 * MiB)

@@ -20,6 +20,7 @@ from job.config import S3Location, UriLocation
 from job.destinations.oci import OciDestination
 from job.destinations.s3 import S3Destination
 from job.errors import SourceAuthError, SourceError, SourceNotFound
+from job.retry import RetrySettings
 from job.sources.uri import HttpSettings, UriSource
 from job.transfer import TransferResult, TransferSettings, transfer
 from tests.fakes import MemoryDestination
@@ -37,9 +38,12 @@ def source(uri: str, tmp_path: Path, **location: Any) -> UriSource:
     return UriSource(UriLocation(uri, **location), storage_path=tmp_path / "storage", settings=FAST)
 
 
-async def copy(uri: str, tmp_path: Path, **location: Any) -> tuple[dict[str, bytes], TransferResult]:
+async def copy(
+    uri: str, tmp_path: Path, *, settings: TransferSettings | None = None, **location: Any
+) -> tuple[dict[str, bytes], TransferResult]:
     memory = MemoryDestination()
-    result = await transfer(source(uri, tmp_path, **location), memory, TransferSettings(parallel_files=3))
+    settings = settings or TransferSettings(parallel_files=3, retry=RetrySettings(initial_wait=0.01, max_wait=0.05))
+    result = await transfer(source(uri, tmp_path, **location), memory, settings)
     return memory.stored, result
 
 
@@ -91,13 +95,28 @@ async def test_a_dropped_connection_resumes_with_range(
     assert "the connection broke at byte 300000" in caplog.text and key not in caplog.text
 
 
+async def test_a_dropped_connection_without_range_support_sends_the_file_again(
+    http_server: HttpTestServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """No ranges, so no resume: the engine's file-level retry reads the file again from its start."""
+    key = tag()
+    url = http_server.url(f"/files/single/model.safetensors?ranges=0&drop=300000&once={key}")
+    stored, _ = await copy(url, tmp_path)
+    assert stored == {"model.safetensors": SINGLE}
+    seen = [r for r in http_server.seen("/files/single/") if key in r.query]
+    assert [r.headers.get("range") for r in seen] == [None, None]
+    assert "does not support range requests" in caplog.text and "attempt 2 of 3" in caplog.text
+    assert key not in caplog.text
+
+
 async def test_a_dropped_connection_without_range_support_is_a_clear_error(
     http_server: HttpTestServer, tmp_path: Path
 ) -> None:
     key = tag()
     url = http_server.url(f"/files/single/model.safetensors?ranges=0&drop=300000&once={key}")
+    once = TransferSettings(retry=RetrySettings(file_attempts=1))
     with pytest.raises(SourceError, match=r"after 300000 bytes .*does not support range requests") as info:
-        await copy(url, tmp_path)
+        await copy(url, tmp_path, settings=once)
     assert key not in str(info.value)
 
 

@@ -177,6 +177,10 @@ def seaweedfs(
             "-webdav=false",
             "-admin.ui=false",
             "-s3.autoCreateBucket=false",  # as on AWS: uploading to a missing bucket is an error
+            # Every bucket is a collection with volumes of its own, and `weed mini` allows free disk / volume
+            # size of them (~75 here): a test session that makes a bucket per test ran out ("No writable
+            # volumes and no free volumes left", InternalError 500). Volumes are sparse files: many are cheap.
+            "-volume.max=2000",
             f"-bucket={','.join(buckets)}",
         ]
         env = {**os.environ, "AWS_ACCESS_KEY_ID": access_key, "AWS_SECRET_ACCESS_KEY": secret_key}

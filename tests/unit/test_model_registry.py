@@ -379,3 +379,14 @@ def test_retry_after_seconds_date_and_cap() -> None:
     assert wait(_state_with(_status_error(429, {"Retry-After": "4"}))) == 4.0
     assert wait(_state_with(_status_error(429, {"Retry-After": "3600"}))) == 30
     assert wait(_state_with(_status_error(503))) == 1.5
+
+
+async def test_a_redirect_is_not_followed_so_the_token_stays_with_the_registry(client: ModelRegistryClient) -> None:
+    with respx.mock(assert_all_called=False) as router:
+        router.get(f"{BASE}{PREFIX}/model_artifacts/7").mock(
+            return_value=httpx.Response(307, headers={"Location": "http://elsewhere.test/steal"})
+        )
+        elsewhere = router.get("http://elsewhere.test/steal").mock(return_value=httpx.Response(200, json={}))
+        with pytest.raises(ModelRegistryError, match=r"getting model artifact 7: 307"):
+            await client.get_model_artifact("7")
+    assert not elsewhere.called

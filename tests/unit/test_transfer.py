@@ -13,6 +13,7 @@ import pytest
 from job.destinations.base import Uploaded
 from job.errors import ConfigError, DestinationError, IntegrityError, SourceError, UploadRejected
 from job.progress import ProgressReporter
+from job.retry import RetrySettings
 from job.sources.base import ObjectInfo
 from job.streams import MiB
 from job.transfer import TransferResult, TransferSettings, check_listing, transfer
@@ -26,7 +27,8 @@ TREE = {
     "tokenizer.json": b"tokens " * 100,
 }
 
-SETTINGS = TransferSettings(parallel_files=3)
+# Sources fail with ConnectionResetError, which the engine retries (a file at most 3 times): no long waits here.
+SETTINGS = TransferSettings(parallel_files=3, retry=RetrySettings(initial_wait=0.001, max_wait=0.002))
 
 
 async def run(source: MemorySource, dest: MemoryDestination, settings: TransferSettings = SETTINGS) -> TransferResult:
