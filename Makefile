@@ -22,6 +22,7 @@ help:
 	@echo "make demo   - run a real sync end to end on the local stack"
 	@echo "make test   - install what is needed, lint, type-check and run every test"
 	@echo "make registry-server PORT=8080 - run the Model Registry stand-in in the foreground"
+	@echo "make bench  - model-sync against its peers on local servers (SIZE_MIB=1024 RUNS=3)"
 	@echo "make lock   - re-resolve poetry.lock after editing pyproject.toml"
 
 $(TOOLS)/poetry/bin/python:
@@ -61,6 +62,14 @@ test: lint
 .PHONY: registry-server
 registry-server: install
 	.venv/bin/python -m tests.standin.model_registry --host 127.0.0.1 --port $(PORT)
+
+SIZE_MIB ?= 1024
+RUNS ?= 3
+
+.PHONY: bench
+bench: apt $(TOOLS)/poetry/bin/python
+	$(POETRY) install --quiet --with bench
+	.venv/bin/python -m tests.bench.run --size-mib $(SIZE_MIB) --runs $(RUNS) --json .bench/results-$(SIZE_MIB).json
 
 .PHONY: demo
 demo: install
