@@ -22,7 +22,7 @@ help:
 	@echo "make demo   - run a real sync end to end on the local stack"
 	@echo "make test   - install what is needed, lint, type-check and run every test"
 	@echo "make registry-server PORT=8080 - run the Model Registry stand-in in the foreground"
-	@echo "make bench  - model-sync against its peers on local servers (SIZE_MIB=1024 RUNS=3)"
+	@echo "make bench  - model-sync against its peers on local servers (SIZE_MIB=1024 RUNS=3 FLAT_MIB=8x)"
 	@echo "make lock   - re-resolve poetry.lock after editing pyproject.toml"
 
 $(TOOLS)/poetry/bin/python:
@@ -65,11 +65,14 @@ registry-server: install
 
 SIZE_MIB ?= 1024
 RUNS ?= 3
+FLAT_MIB ?= $(shell expr $(SIZE_MIB) \* 8)
+BENCH_ARGS ?=
 
 .PHONY: bench
 bench: apt $(TOOLS)/poetry/bin/python
 	$(POETRY) install --quiet --with bench
-	.venv/bin/python -m tests.bench.run --size-mib $(SIZE_MIB) --runs $(RUNS) --json .bench/results-$(SIZE_MIB).json
+	.venv/bin/python -m tests.bench.run --size-mib $(SIZE_MIB) --runs $(RUNS) --flat-mib $(FLAT_MIB) \
+		--json .bench/results-$(SIZE_MIB).json $(BENCH_ARGS)
 
 .PHONY: demo
 demo: install
