@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
 import time
 from typing import NoReturn
 
@@ -46,3 +47,15 @@ def wait_for_port(port: int, *, timeout: float = 20.0, host: str = "127.0.0.1") 
         except OSError:
             time.sleep(0.05)
     return False
+
+
+def stop_process(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
+    """Terminate ``proc`` (this process's own child, by PID); kill it if it does not exit in ``timeout`` s."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=timeout)

@@ -49,7 +49,7 @@ import pytest
 from pydantic import SecretStr
 
 from job.config import OciLocation
-from tests.servers import free_port, server_unavailable, wait_for_port
+from tests.servers import free_port, server_unavailable, stop_process, wait_for_port
 
 Kind = Literal["plain", "htpasswd", "token"]
 USERNAME = "model-sync"
@@ -246,17 +246,6 @@ def _wait_ready(url: str, proc: subprocess.Popen[bytes], port: int) -> str | Non
     return f"/v2/ did not answer within {START_TIMEOUT:.0f} s"
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is not None:
-        return
-    proc.terminate()
-    try:
-        proc.wait(timeout=STOP_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout=STOP_TIMEOUT)
-
-
 @contextlib.contextmanager
 def distribution(kind: Kind) -> Iterator[Registry]:
     """Run ``docker-registry serve`` configured as ``kind`` (see the module docstring)."""
@@ -310,7 +299,7 @@ def distribution(kind: Kind) -> Iterator[Registry]:
                 server_unavailable(f"distribution ({kind})", f"{why}\n{tail}")
             yield registry
         finally:
-            _stop(proc)
+            stop_process(proc, STOP_TIMEOUT)
 
 
 # --- the base image -------------------------------------------------------------------------------

@@ -38,7 +38,7 @@ import pytest
 from botocore.config import Config  # type: ignore[import-untyped]
 from botocore.handlers import add_expect_header  # type: ignore[import-untyped]
 
-from tests.servers import free_port, server_unavailable, wait_for_port
+from tests.servers import free_port, server_unavailable, stop_process, wait_for_port
 
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 10.0
@@ -90,18 +90,6 @@ def _log_tail(path: Path, lines: int = 30) -> str:
     except OSError:
         return "(no log)"
     return "\n".join(text.splitlines()[-lines:])
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    """Terminate ``proc`` (this process's own child, by PID); kill it if it does not exit in time."""
-    if proc.poll() is not None:
-        return
-    proc.terminate()
-    try:
-        proc.wait(timeout=STOP_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout=STOP_TIMEOUT)
 
 
 def _wait_for_s3(server: S3Server, proc: subprocess.Popen[bytes], port: int, timeout: float) -> str | None:
@@ -198,12 +186,12 @@ def seaweedfs(
             started = time.monotonic()
             why = _wait_for_s3(server, proc, s3_port, START_TIMEOUT)
             if why is not None:
-                _stop(proc)
+                stop_process(proc, STOP_TIMEOUT)
                 server_unavailable("SeaweedFS", f"{why}; log tail:\n{_log_tail(log_path)}")
             print(f"SeaweedFS ready at {server.endpoint_url} in {time.monotonic() - started:.2f} s")
             yield server
         finally:
-            _stop(proc)
+            stop_process(proc, STOP_TIMEOUT)
             _remove_sockets(ports.values())
 
 
@@ -240,7 +228,7 @@ def moto_server(buckets: Sequence[str] = ("dst",)) -> Iterator[S3Server]:
             started = time.monotonic()
             why = _wait_for_s3(dataclasses.replace(server, buckets=()), proc, port, START_TIMEOUT)
             if why is not None:
-                _stop(proc)
+                stop_process(proc, STOP_TIMEOUT)
                 server_unavailable("moto server", f"{why}; log tail:\n{_log_tail(log_path)}")
             client = server.client()
             for bucket in buckets:
@@ -248,7 +236,7 @@ def moto_server(buckets: Sequence[str] = ("dst",)) -> Iterator[S3Server]:
             print(f"moto ready at {server.endpoint_url} in {time.monotonic() - started:.2f} s")
             yield server
         finally:
-            _stop(proc)
+            stop_process(proc, STOP_TIMEOUT)
 
 
 def fresh_bucket(server: S3Server, prefix: str = "t") -> str:
