@@ -1,14 +1,18 @@
 """Async byte-stream helpers: the engine's checked stream, local-file reads, exact-size parts.
 
 * :class:`CheckedStream` wraps one file's source stream exactly once, inside the engine. As chunks pass
-  it hashes them (sha256), counts them, reports them to progress, stops a source that sends more than
-  it listed, and at the end checks the size (and the digest, when the source listed one). Errors the
+  it counts them, reports them to progress, stops a source that sends more than it listed, and at the
+  end checks the size; when the source listed a sha256 it also hashes them and checks that digest. Errors the
   source iterator raises become :class:`~job.errors.SourceError`, so a broken GET never looks like a
   failed push. Chunks are passed through as the same objects: no copy, no re-buffering.
 * :func:`aiter_file` reads a local file in a worker thread, chunk by chunk, without blocking the loop.
 * :class:`ChunkReader` cuts a chunk stream into exact-size parts for multipart uploads, splitting a
   chunk only where a part ends.
 
+The whole-file sha256 is computed only when there is a listed digest to check it against. Every byte is
+covered by a check anyway: an OCI layer's digest is the sha256 of the tar that holds the file, an S3 part
+carries a checksum the server verifies, and a second sha256 of the same bytes cost 0.6 CPU-s per GiB,
+which on this machine's two shared cores was 5-7% of the wall time (``make bench``, s3->oci and s3->s3).
 Hashing stays on the event loop's thread: on two busy cores a hashing thread did not help (see
 ``performance-notes.md``); sha256 runs at about 1.7 GB/s per core.
 """
@@ -52,6 +56,8 @@ class CheckedStream:
     * the stream never yields more than ``obj.size`` bytes: the chunk that would go past it raises
       :class:`IntegrityError` instead;
     * ``StopAsyncIteration`` comes only after the size (and a listed ``sha256:`` digest) checked out;
+      the stream hashes the bytes only when the source listed such a digest (``sha256`` is ``None``
+      otherwise);
       a short read raises :class:`IntegrityError` instead of ending;
     * an error raised by the source iterator arrives as :class:`SourceError` ("reading <path> from the
       source: <cause>"), with the original as ``__cause__``; a ``ModelSyncError`` the source raised
@@ -62,7 +68,7 @@ class CheckedStream:
     reading early).
     """
 
-    __slots__ = ("_hash", "_limit", "_next", "_on_chunk", "error", "exhausted", "obj", "path", "size")
+    __slots__ = ("_hash", "_limit", "_listed", "_next", "_on_chunk", "error", "exhausted", "obj", "path", "size")
 
     def __init__(
         self,
@@ -80,14 +86,16 @@ class CheckedStream:
         self.error: ModelSyncError | None = None
         """The error this stream raised, if any: the engine prefers it to what ``put`` made of it."""
         self._next = chunks.__anext__
-        self._hash = hashlib.sha256()
+        digest = (obj.digest or "").lower()
+        self._listed = digest if digest.startswith("sha256:") else None
+        self._hash = hashlib.sha256() if self._listed is not None else None
         self._limit = obj.size
         self._on_chunk = on_chunk
 
     @property
-    def sha256(self) -> str:
-        """``sha256:<hex>`` of the bytes passed on so far (of the whole file once exhausted)."""
-        return "sha256:" + self._hash.hexdigest()
+    def sha256(self) -> str | None:
+        """``sha256:<hex>`` of the bytes passed on so far, when hashing (the source listed a sha256)."""
+        return None if self._hash is None else "sha256:" + self._hash.hexdigest()
 
     def __aiter__(self) -> CheckedStream:
         return self
@@ -118,7 +126,8 @@ class CheckedStream:
                     f"reading {self.path} from the source: it sent more than the {self._limit} bytes it "
                     f"listed (at least {self.size})"
                 )
-            self._hash.update(chunk)
+            if self._hash is not None:
+                self._hash.update(chunk)
             if self._on_chunk is not None:
                 self._on_chunk(n)
             return chunk
@@ -136,10 +145,9 @@ class CheckedStream:
                 f"reading {self.path} from the source: got {self.size} bytes, expected {self._limit} "
                 "(the stream ended early)"
             )
-        listed = self.obj.digest
-        if listed is not None and listed.lower().startswith("sha256:") and listed.lower() != self.sha256:
+        if self._listed is not None and self._listed != self.sha256:
             raise self._fail(
-                f"reading {self.path} from the source: its sha256 is {self.sha256}, the source listed {listed}"
+                f"reading {self.path} from the source: its sha256 is {self.sha256}, the source listed {self._listed}"
             )
 
     async def finish(self) -> None:

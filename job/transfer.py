@@ -9,12 +9,12 @@
    order). A destination with ``lookup(obj)`` is asked first whether an earlier try already wrote the
    file (same size and source identity): then it is not read nor sent again. Otherwise the file's
    source stream (a :class:`~job.resume.SourceReader`, which resumes a broken read at its offset on a
-   ``seekable`` source) is wrapped once in a :class:`~job.streams.CheckedStream` (sha256, byte count,
-   progress, size and digest checks, source errors tagged as ``SourceError``), handed to
-   ``destination.put``, and finished after ``put`` returns; the ``Uploaded`` it returns must report
-   the size and sha256 the engine saw. A put that fails with a retryable error (``job.retry``) is
-   tried again from the file's start, up to ``retry.file_attempts`` tries: a new read, a new stream
-   (hash and count restart) and a new ``put``, which starts a new upload (the destination cleaned up
+   ``seekable`` source) is wrapped once in a :class:`~job.streams.CheckedStream` (byte count, progress,
+   size check, and sha256 when the source listed one; source errors tagged as ``SourceError``), handed
+   to ``destination.put``, and finished after ``put`` returns; the ``Uploaded`` it returns must report
+   the size the engine saw (and the sha256, when both hashed). A put that fails with a retryable error
+   (``job.retry``) is tried again from the file's start, up to ``retry.file_attempts`` tries: a new
+   read, a new stream (hash and count restart) and a new ``put``, which starts a new upload (the destination cleaned up
    the failed one: an S3 multipart upload is aborted, an OCI upload session cancelled).
 3. **Commit** the ``Uploaded`` results, in listing order, once every put succeeded.
 
@@ -221,7 +221,9 @@ async def _put_attempt(
             await reader.aclose_quietly()  # also on cancellation: nothing stays open
     if uploaded.size != stream.size:
         raise IntegrityError(f"writing {path}: the destination reports {uploaded.size} bytes, {stream.size} were sent")
-    if not uploaded.sha256:
+    if stream.sha256 is None:
+        pass  # nothing hashed the whole file: the destination's own checks covered the bytes
+    elif not uploaded.sha256:
         uploaded = replace(uploaded, sha256=stream.sha256)
     elif uploaded.sha256.lower() != stream.sha256:
         raise IntegrityError(

@@ -40,13 +40,14 @@ class Uploaded:
     obj: ObjectInfo
     size: int
     sha256: str
-    """``sha256:<hex>`` of the file's bytes, computed while they streamed.
+    """``sha256:<hex>`` of the file's bytes when something computed it, else ``""``.
 
-    A destination that hashes what it wrote reports it and the engine compares it with its own hash; one
-    that does not leaves it ``""`` and the engine fills in the digest it computed on the stream (so an
-    S3 upload does not hash every byte twice). ``transfer`` returns and commits only filled values, except
-    for a file ``lookup`` found (not read this run): there it is what the destination recorded, or ``""``
-    when that was not known (a multipart S3 object of a source that listed no digest).
+    The engine hashes a file only when its source listed a sha256 (to check it); a destination that
+    hashes what it wrote reports that, and the engine compares the two when both exist and fills in its
+    own when the destination left ``""``. Neither destination needs the whole-file hash (an OCI layer
+    has its own digest, S3 parts their own checksums), so a file from a source that lists no sha256 is
+    not hashed twice, nor once for nothing. For a file ``lookup`` found (not read this run) it is what
+    the destination recorded, or ``""``.
     """
     extra: dict[str, str] = field(default_factory=dict)
     """Destination-specific facts (the layer digest of an OCI layer, an S3 version id, ...)."""

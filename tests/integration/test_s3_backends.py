@@ -10,6 +10,7 @@ import asyncio
 import base64
 import hashlib
 import random
+import zlib
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 from pathlib import PurePosixPath
@@ -20,6 +21,7 @@ from botocore.exceptions import ClientError  # type: ignore[import-untyped]
 from pydantic import SecretStr
 
 from job.config import S3Location
+from job.destinations import s3 as s3_destination
 from job.destinations.s3 import S3Destination
 from job.errors import DestinationAuthError, SourceAuthError, SourceError, SourceNotFound, UploadRejected
 from job.s3_common import MiB
@@ -117,7 +119,7 @@ async def test_model_round_trips_through_the_engine(
     by_path = {str(u.obj.path): u for u in result.uploaded}
     for path, data in MODEL.items():
         assert by_path[path].size == len(data)
-        assert by_path[path].sha256 == "sha256:" + hashlib.sha256(data).hexdigest()  # filled by the engine
+        assert by_path[path].sha256 == ""  # no sha256 listed: the parts' checksums cover the bytes
         assert by_path[path].extra["key"] == f"copies/m/{path}"
     assert by_path["weights/a.safetensors"].extra["etag"].strip('"').endswith("-3")  # multipart, 3 parts
     assert by_path["weights/b.safetensors"].extra["etag"].strip('"').endswith("-2")
@@ -281,7 +283,7 @@ async def test_cancelled_put_aborts_its_upload(weed: S3Server) -> None:
     await destination.close()
 
 
-class WrongChecksum:
+class WrongSha256:
     def update(self, data: bytes | memoryview) -> None:
         pass
 
@@ -289,12 +291,24 @@ class WrongChecksum:
         return hashlib.sha256(b"not the body").digest()
 
 
+class WrongCrc32(WrongSha256):
+    def digest(self) -> bytes:
+        return zlib.crc32(b"not the body").to_bytes(4, "big")
+
+
+@pytest.fixture
+def wrong_checksums(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every part and object goes up with a checksum of other bytes."""
+    monkeypatch.setitem(s3_destination._CHECKSUMS, "SHA256", (WrongSha256, "ChecksumSHA256"))
+    monkeypatch.setitem(s3_destination._CHECKSUMS, "CRC32", (WrongCrc32, "ChecksumCRC32"))
+
+
+@pytest.mark.usefixtures("wrong_checksums")
 @pytest.mark.parametrize("size", [MiB, 11 * MiB])
 async def test_server_rejects_a_wrong_checksum(weed: S3Server, size: int) -> None:
-    """SeaweedFS verifies x-amz-checksum-sha256 on PutObject and UploadPart (moto does not)."""
+    """SeaweedFS verifies x-amz-checksum-sha256 on PutObject and -crc32 on UploadPart (moto does not)."""
     bucket = fresh_bucket(weed)
     destination = S3Destination(s3_location(weed, bucket, "out"), part_size=PART)
-    destination._new_hash = WrongChecksum
     with pytest.raises(UploadRejected) as caught:
         await destination.put(ObjectInfo(PurePosixPath("x.bin"), size), FailingStream(payload(size, 9), chunk_size=MiB))
     await destination.close()
@@ -303,10 +317,10 @@ async def test_server_rejects_a_wrong_checksum(weed: S3Server, size: int) -> Non
     assert read_tree(weed, bucket, "out/") == {}
 
 
+@pytest.mark.usefixtures("wrong_checksums")
 async def test_a_refused_part_stops_the_reading(weed: S3Server) -> None:
     bucket = fresh_bucket(weed)
     destination = S3Destination(s3_location(weed, bucket, "out"), parallel_parts=1, part_size=PART)
-    destination._new_hash = WrongChecksum
     stream = FailingStream(payload(40 * MiB, 14), chunk_size=MiB)
     with pytest.raises(UploadRejected, match="uploading part 1 of"):
         await destination.put(ObjectInfo(PurePosixPath("x.bin"), 40 * MiB), stream)
@@ -378,13 +392,20 @@ async def test_unknown_size_and_bounded_parts(weed: S3Server) -> None:
         await source.close()
 
 
-async def test_crc32_checksums_are_accepted(weed: S3Server) -> None:
+async def test_default_checksums_crc32_parts_sha256_single_files(weed: S3Server) -> None:
+    # Multipart parts carry CRC32 (the server verifies it), a file listed to fit in one part SHA256,
+    # which the object keeps; a small file of unknown size is sent as it would be in parts: CRC32.
     bucket = fresh_bucket(weed)
-    destination = S3Destination(s3_location(weed, bucket, "crc"), part_size=PART, checksum="CRC32")
+    destination = S3Destination(s3_location(weed, bucket, "crc"), part_size=PART)
     data = payload(11 * MiB, 13)
     await destination.put(ObjectInfo(PurePosixPath("w.bin"), len(data)), FailingStream(data, chunk_size=MiB))
     await destination.put(ObjectInfo(PurePosixPath("s.bin"), 3), FailingStream(b"abc"))
+    await destination.put(ObjectInfo(PurePosixPath("u.bin"), None), FailingStream(b"abc"))
     await destination.close()
-    head = weed.client().head_object(Bucket=bucket, Key="crc/s.bin", ChecksumMode="ENABLED")
+    client = weed.client()
+    head = client.head_object(Bucket=bucket, Key="crc/s.bin", ChecksumMode="ENABLED")
+    assert head["ChecksumSHA256"] == base64.b64encode(hashlib.sha256(b"abc").digest()).decode()
+    assert head["Metadata"]["model-sync-sha256"] == "sha256:" + hashlib.sha256(b"abc").hexdigest()
+    head = client.head_object(Bucket=bucket, Key="crc/u.bin", ChecksumMode="ENABLED")
     assert base64.b64decode(head["ChecksumCRC32"]) == (0x352441C2).to_bytes(4, "big")  # crc32(b"abc")
-    assert read_tree(weed, bucket, "crc/") == {"s.bin": b"abc", "w.bin": data}
+    assert read_tree(weed, bucket, "crc/") == {"s.bin": b"abc", "u.bin": b"abc", "w.bin": data}

@@ -156,7 +156,7 @@ async def test_from_config_reads_its_side_and_the_engine_limits() -> None:
         False,
     )
     assert (destination.prefix, destination.parallel_parts, destination.part_size) == ("out", 5, 16 * MiB)
-    assert destination.checksum == "SHA256"
+    assert (destination.checksum, destination.checksum_single) == ("CRC32", "SHA256")
     assert source._conn.max_pool_connections == destination._conn.max_pool_connections == 15  # files x parts
     await source.close()
     await destination.close()

@@ -36,7 +36,7 @@ async def from_list(chunks: list[bytes]) -> AsyncIterator[bytes]:
 async def test_passes_the_same_chunk_objects_and_hashes_and_counts() -> None:
     source = FailingStream(DATA, chunk_size=7)
     seen: list[int] = []
-    stream = CheckedStream(info(), source, on_chunk=seen.append)
+    stream = CheckedStream(info(digest=sha256_of(DATA)), source, on_chunk=seen.append)
     got = await collect(stream)
     assert all(a is b for a, b in zip(got, source.sent, strict=True))
     assert b"".join(got) == DATA
@@ -53,9 +53,18 @@ async def test_empty_chunks_are_dropped() -> None:
 
 
 async def test_zero_byte_file() -> None:
-    stream = CheckedStream(info(size=0), FailingStream(b""))
+    stream = CheckedStream(info(size=0, digest=sha256_of(b"")), FailingStream(b""))
     assert await collect(stream) == []
     assert stream.sha256 == sha256_of(b"")
+
+
+@pytest.mark.parametrize("digest", [None, "etag:abc", "md5:0123"])
+async def test_no_listed_sha256_means_no_hashing(digest: str | None) -> None:
+    # Nothing to check it against, and both destinations cover the bytes with their own digests.
+    stream = CheckedStream(info(digest=digest), FailingStream(DATA, chunk_size=7))
+    assert b"".join(await collect(stream)) == DATA
+    assert stream.sha256 is None
+    assert stream.exhausted
 
 
 async def test_short_read_is_an_integrity_error_naming_file_and_sizes() -> None:

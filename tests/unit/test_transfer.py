@@ -70,9 +70,17 @@ async def test_round_trip_of_a_nested_tree() -> None:
 
 async def test_engine_fills_in_the_digest_for_a_destination_that_does_not_hash() -> None:
     dest = MemoryDestination(report_sha256=False)
-    result = await run(MemorySource(TREE), dest)
-    assert [u.sha256 for u in result.uploaded] == [sha256_of(d) for d in TREE.values()]
+    digests = {path: sha256_of(data) for path, data in TREE.items()}
+    result = await run(MemorySource(TREE, digests=digests), dest)
+    assert [u.sha256 for u in result.uploaded] == list(digests.values())
     assert dest.commits[0] == result.uploaded
+
+
+async def test_engine_hashes_nothing_when_the_source_lists_no_sha256() -> None:
+    # The whole-file sha256 would check nothing: no listed digest, and the destination has its own.
+    dest = MemoryDestination(report_sha256=False)
+    result = await run(MemorySource(TREE), dest)
+    assert [u.sha256 for u in result.uploaded] == [""] * len(TREE)
 
 
 async def test_listed_digests_that_match_and_unknown_sizes_pass() -> None:
@@ -212,7 +220,8 @@ async def test_digest_mismatch_is_an_integrity_error() -> None:
     ids=["did-not-consume", "wrong-size", "wrong-sha256"],
 )
 async def test_destination_that_misreports_is_an_integrity_error(dest: MemoryDestination, expected: str) -> None:
-    source = MemorySource({"m.bin": b"0123456789" * 2})
+    data = b"0123456789" * 2
+    source = MemorySource({"m.bin": data}, digests={"m.bin": sha256_of(data)})
     with pytest.raises(IntegrityError, match=expected):
         await run(source, dest)
     assert_cleaned_up(source, dest)
