@@ -55,11 +55,11 @@ from job.errors import ConfigError, DestinationAuthError, DestinationError, Mode
 from job.retry import RetrySettings
 from job.s3_common import MAX_PARTS, S3Connection, choose_part_size, grow_part_size, s3_uri
 from job.s3_parts import CHECKSUMS as _CHECKSUMS
-from job.s3_parts import PartBody
-from job.s3_parts import PartReader as _PartReader
+from job.s3_parts import Part, PartBody, read_part
 from job.sources.base import ObjectInfo, source_identity
+from job.streams import ChunkReader
 
-__all__ = ["_CHECKSUMS", "PartBody", "S3Destination", "_PartReader", "destination_key"]
+__all__ = ["_CHECKSUMS", "PartBody", "S3Destination", "destination_key"]
 
 log = logging.getLogger(__name__)
 
@@ -214,20 +214,20 @@ class S3Destination:
         part_size = choose_part_size(obj.size, self.part_size)
         single = obj.size is not None and obj.size <= part_size
         algorithm = self.checksum_single if single else self.checksum
-        reader = _PartReader(data, _CHECKSUMS[algorithm][0])
+        reader = ChunkReader(data)
         slots = asyncio.Semaphore(self.parallel_parts)
         await slots.acquire()  # the first part is in memory from here on
-        first, checksum = await reader.read_part(part_size)
+        first = await read_part(reader, part_size, _CHECKSUMS[algorithm][0])
         metadata = self._metadata(obj)
         if await reader.at_eof():
-            if algorithm == "SHA256" and obj.size == len(first):
-                metadata.setdefault(META_SHA256, "sha256:" + base64.b64decode(checksum).hex())
-            etag = await self._put_object(key, obj, first, algorithm, checksum, metadata)
+            if algorithm == "SHA256" and obj.size == first.size:
+                metadata.setdefault(META_SHA256, "sha256:" + base64.b64decode(first.checksum).hex())
+            etag = await self._put_object(key, obj, first, algorithm, metadata)
         else:
             await self._abort_stale(key)
             # Handed over in a list so this frame does not keep the first part alive for the whole upload.
-            handover, first = [first], bytearray()
-            etag = await self._multipart(key, obj, reader, slots, handover, checksum, part_size, metadata)
+            handover, first = [first], Part([], 0, "")
+            etag = await self._multipart(key, obj, reader, slots, handover, part_size, metadata)
         return Uploaded(obj=obj, size=reader.consumed, sha256="", extra={"key": key, "etag": etag})
 
     def _metadata(self, obj: ObjectInfo) -> dict[str, str]:
@@ -239,9 +239,7 @@ class S3Destination:
             metadata[META_SHA256] = obj.digest.lower()
         return metadata
 
-    async def _put_object(
-        self, key: str, obj: ObjectInfo, body: bytearray, algorithm: str, checksum: str, metadata: dict[str, str]
-    ) -> str:
+    async def _put_object(self, key: str, obj: ObjectInfo, part: Part, algorithm: str, metadata: dict[str, str]) -> str:
         response = await self._conn.call(
             "put_object",
             "uploading",
@@ -249,10 +247,10 @@ class S3Destination:
             path=str(obj.path),
             Bucket=self.bucket,
             Key=key,
-            Body=PartBody(body),
+            Body=PartBody(part),
             ChecksumAlgorithm=algorithm,
             Metadata=metadata,
-            **{_CHECKSUMS[algorithm][1]: checksum},
+            **{_CHECKSUMS[algorithm][1]: part.checksum},
         )
         return str(response.get("ETag", ""))
 
@@ -296,10 +294,9 @@ class S3Destination:
         self,
         key: str,
         obj: ObjectInfo,
-        reader: _PartReader,
+        reader: ChunkReader,
         slots: asyncio.Semaphore,
-        first: list[bytearray],
-        checksum: str,
+        first: list[Part],
         part_size: int,
         metadata: dict[str, str],
     ) -> str:
@@ -326,12 +323,13 @@ class S3Destination:
             slots.release()
 
         try:
-            number, body = 1, first.pop()
+            number, part = 1, first.pop()
+            new_hash = _CHECKSUMS[self.checksum][0]
             while True:
-                task = asyncio.create_task(self._upload_part(key, upload_id, number, body, checksum, path))
+                task = asyncio.create_task(self._upload_part(key, upload_id, number, part, path))
                 task.add_done_callback(part_done)
                 tasks.append(task)
-                del body
+                del part
                 if await reader.at_eof():
                     break
                 await slots.acquire()
@@ -348,7 +346,7 @@ class S3Destination:
                         uri=target,
                         path=path,
                     )
-                body, checksum = await reader.read_part(part_size)
+                part = await read_part(reader, part_size, new_hash)
             parts = [await task for task in tasks]
             response = await self._complete(key, upload_id, parts, reader.consumed, path)
         except BaseException as exc:
@@ -388,9 +386,7 @@ class S3Destination:
             response = head
         return response
 
-    async def _upload_part(
-        self, key: str, upload_id: str, number: int, body: bytearray, checksum: str, path: str
-    ) -> dict[str, Any]:
+    async def _upload_part(self, key: str, upload_id: str, number: int, part: Part, path: str) -> dict[str, Any]:
         """Upload one part (the request, and so the part, is retried by ``S3Connection.call``)."""
         response = await self._conn.call(
             "upload_part",
@@ -401,11 +397,11 @@ class S3Destination:
             Key=key,
             UploadId=upload_id,
             PartNumber=number,
-            Body=PartBody(body),
+            Body=PartBody(part),
             ChecksumAlgorithm=self.checksum,
-            **{_CHECKSUMS[self.checksum][1]: checksum},
+            **{_CHECKSUMS[self.checksum][1]: part.checksum},
         )
-        return {"PartNumber": number, "ETag": response["ETag"], _CHECKSUMS[self.checksum][1]: checksum}
+        return {"PartNumber": number, "ETag": response["ETag"], _CHECKSUMS[self.checksum][1]: part.checksum}
 
     async def _abort_upload(self, upload_id: str, key: str) -> bool:
         """Abort one multipart upload; True when it is gone. Logs instead of raising."""

@@ -18,7 +18,7 @@ from botocore.exceptions import (  # type: ignore[import-untyped]
 from pydantic import SecretStr
 
 from job.config import Intent, JobConfig, PvcLocation, RegistryConfig, S3Location
-from job.destinations.s3 import _CHECKSUMS, S3Destination, _PartReader, destination_key
+from job.destinations.s3 import _CHECKSUMS, S3Destination, destination_key
 from job.errors import (
     ConfigError,
     DestinationAuthError,
@@ -42,7 +42,9 @@ from job.s3_common import (
     redact,
     s3_uri,
 )
+from job.s3_parts import Part, PartBody, read_part
 from job.sources.s3 import S3Source, _as_prefix
+from job.streams import ChunkReader
 
 GiB = 1024 * MiB
 TiB = 1024 * GiB
@@ -209,12 +211,14 @@ async def test_part_reader_cuts_exact_parts(algorithm: str, length: int, chunk: 
     data = bytes(range(256)) * 4
     data = data[:length]
     new_hash, _ = _CHECKSUMS[algorithm]
-    reader = _PartReader(chunks_of(data, chunk), new_hash)
-    parts: list[bytearray] = []
+    reader = ChunkReader(chunks_of(data, chunk))
+    parts: list[bytes] = []
     while True:
-        body, checksum = await reader.read_part(part)
+        got = await read_part(reader, part, new_hash)
+        body = b"".join(got.chunks)
+        assert got.size == len(body)
         expected = hashlib.sha256(body).digest() if algorithm == "SHA256" else zlib.crc32(body).to_bytes(4, "big")
-        assert base64.b64decode(checksum) == expected
+        assert base64.b64decode(got.checksum) == expected
         parts.append(body)
         if await reader.at_eof():
             break
@@ -231,9 +235,8 @@ async def test_part_reader_passes_stream_errors_through() -> None:
         yield b"abc"
         raise Boom("source broke")
 
-    reader = _PartReader(failing(), hashlib.sha256)
     with pytest.raises(Boom):
-        await reader.read_part(10)
+        await read_part(ChunkReader(failing()), 10, hashlib.sha256)
 
 
 # --- errors -------------------------------------------------------------------------------------
@@ -329,16 +332,15 @@ def test_model_sync_errors_pass_through() -> None:
     assert map_s3_error(original, side="source", doing="x", target="y") is original
 
 
-async def test_part_body_streams_slices_of_the_part_without_copying() -> None:
-    from job.destinations.s3 import PartBody
-
-    data = bytearray(b"x" * (PartBody.SLICE * 2 + 5))
-    body = PartBody(data)
-    assert len(body) == len(data)
-    slices = [piece async for piece in body]
-    assert [len(piece) for piece in slices] == [PartBody.SLICE, PartBody.SLICE, 5]
-    assert all(isinstance(piece, memoryview) and piece.obj is data for piece in slices)
-    assert body.tell() == len(data)
+async def test_part_body_sends_the_chunks_as_they_are() -> None:
+    chunks = [b"abc", b"defgh", b"ij"]
+    body = PartBody(Part(chunks, 10, "x"))
+    assert len(body) == 10
+    sent = [piece async for piece in body]
+    assert all(a is b for a, b in zip(sent, chunks, strict=True))  # no copy, no join
+    assert body.tell() == 10
     body.seek(0)  # botocore rewinds before a retry
-    assert body.read(3) == b"xxx" and body.tell() == 3
-    assert len(b"".join([bytes(p) async for p in body])) == len(data) - 3
+    assert body.read(4) == b"abcd" and body.tell() == 4
+    assert b"".join([bytes(p) async for p in body]) == b"efghij"
+    body.seek(-3, 2)
+    assert body.read() == b"hij" and body.read() == b""
