@@ -213,6 +213,22 @@ async def test_wrong_credentials_are_auth_errors_without_secrets(weed: S3Server)
     assert str(denied.value).startswith(f"uploading s3://{bucket}/out/a.json: access denied")
 
 
+async def test_each_side_signs_with_its_own_keys(weed: S3Server) -> None:
+    # Both sides' clients come from one boto session: the source's good keys must not reach the
+    # destination, whose wrong secret is refused while the source reads fine.
+    bucket = fresh_bucket(weed)
+    upload_model(weed, bucket, "m/", {"a.json": b"a"})
+    source = S3Source(s3_location(weed, bucket, "m/"))
+    destination = S3Destination(s3_location(weed, bucket, "out", secret="wrong-secret-value-456"))
+    with pytest.raises(DestinationAuthError):
+        await transfer(source, destination, TransferSettings())  # the source listed, then the put was denied
+    assert read_tree(weed, bucket, "out/") == {}
+    # And the other way round, in the same process: good destination keys, a wrong source secret.
+    source = S3Source(s3_location(weed, bucket, "m/", secret="wrong-secret-value-789"))
+    with pytest.raises(SourceAuthError):
+        await transfer(source, S3Destination(s3_location(weed, bucket, "out")), TransferSettings())
+
+
 @pytest.mark.parametrize("ranged", [False, True])
 async def test_object_changed_after_listing_is_an_error(weed: S3Server, ranged: bool) -> None:
     bucket = fresh_bucket(weed)
