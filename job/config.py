@@ -501,6 +501,10 @@ class RegistryConfig:
     base_url: str
     """``scheme://host:port``, without the API path."""
     token: SecretStr | None
+    token_file: Path | None
+    """The file ``token`` was read from, when it was (a projected service-account token, which the kubelet
+    rotates): the client reads it again when it changes, so a sync that outlives the token still records
+    its result."""
     verify: bool | str
     """True, False (plain http), or a CA bundle path."""
     author: str | None
@@ -661,18 +665,21 @@ def _registry(settings: Settings, environ: Mapping[str, str]) -> RegistryConfig:
     explicit_port = "registry_port" in settings.model_fields_set
     port = settings.registry_port if explicit_port or parts.port is None else parts.port
     base_url = f"{'https' if secure else 'http'}://{parts.hostname}:{port}{parts.path}"
+    token, token_file = _registry_token(settings, environ)
     return RegistryConfig(
         base_url=base_url,
-        token=_registry_token(settings, environ),
+        token=token,
+        token_file=token_file,
         verify=_registry_verify(settings, environ, secure),
         author=settings.registry_author,
         log_level=settings.registry_log_level,
     )
 
 
-def _registry_token(settings: Settings, environ: Mapping[str, str]) -> SecretStr | None:
+def _registry_token(settings: Settings, environ: Mapping[str, str]) -> tuple[SecretStr | None, Path | None]:
+    """The registry token, and the file it was read from (``None`` for a token given as a value)."""
     if settings.registry_user_token is not None:
-        return settings.registry_user_token
+        return settings.registry_user_token, None
     envvar = settings.registry_user_token_envvar
     if envvar:
         value = environ.get(envvar)
@@ -681,12 +688,15 @@ def _registry_token(settings: Settings, environ: Mapping[str, str]) -> SecretStr
                 f"invalid setting {setting_name('registry_user_token_envvar')}: env var {envvar} is not set"
             )
         # Kubeflow's client reads a token *file path* from this env var; accept a path or the token itself.
-        return _read_token_file(Path(value), f"env var {envvar}") if value.startswith("/") else SecretStr(value)
+        if not value.startswith("/"):
+            return SecretStr(value), None
+        return _read_token_file(Path(value), f"env var {envvar}"), Path(value)
     if DEFAULT_USER_TOKEN_ENVVAR in environ:
-        return _read_token_file(Path(environ[DEFAULT_USER_TOKEN_ENVVAR]), f"env var {DEFAULT_USER_TOKEN_ENVVAR}")
+        path = Path(environ[DEFAULT_USER_TOKEN_ENVVAR])
+        return _read_token_file(path, f"env var {DEFAULT_USER_TOKEN_ENVVAR}"), path
     if DEFAULT_SA_TOKEN_PATH.is_file():
-        return _read_token_file(DEFAULT_SA_TOKEN_PATH, "the service-account token")
-    return None
+        return _read_token_file(DEFAULT_SA_TOKEN_PATH, "the service-account token"), DEFAULT_SA_TOKEN_PATH
+    return None, None
 
 
 def _read_token_file(path: Path, what: str) -> SecretStr:

@@ -79,6 +79,14 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(doc, default=str)
 
 
+def add_secrets(secrets: Iterable[str]) -> None:
+    """Mask more values in every log line from now on (a token read again from its file, for one)."""
+    for handler in logging.getLogger().handlers:
+        for log_filter in handler.filters:
+            if isinstance(log_filter, RedactSecrets):
+                log_filter.add(secrets)
+
+
 def configure_logging(level: str = "INFO", fmt: str = "text", secrets: Iterable[str] = ()) -> RedactSecrets:
     """Send all logs to stderr in ``fmt`` at ``level``; return the redaction filter to add secrets to."""
     handler = logging.StreamHandler(sys.stderr)

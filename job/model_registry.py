@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import re
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
@@ -27,6 +29,7 @@ import httpx
 from tenacity import RetryCallState
 
 from job.errors import ConfigError, ModelRegistryError
+from job.logs import add_secrets
 from job.metadata import comparable_custom_properties, writable_custom_properties
 from job.retry import DEFAULT_ATTEMPTS, DEFAULT_INITIAL_WAIT, RetrySettings, is_retryable
 
@@ -91,6 +94,15 @@ def _matches(sent: Mapping[str, Any], found: Mapping[str, Any]) -> bool:
     return True
 
 
+def _stat_key(path: Path) -> tuple[int, int, int] | None:
+    """What tells a rewritten file (kubelet swaps a ``..data`` symlink): inode, mtime, size; None if missing."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+
 def _is_raw_retryable(exc: BaseException) -> bool:
     # Only retry raw httpx failures inside our loop: a ModelRegistryError raised by a nested call (the
     # lookup before a re-sent POST) already went through its own retries.
@@ -101,7 +113,11 @@ class ModelRegistryClient:
     """Async Model Registry REST client. Use as ``async with ModelRegistryClient(...) as registry:``.
 
     ``base_url`` is the server's origin (``https://host:port``); the API prefix is added unless present.
-    ``token`` is sent as ``Authorization: Bearer <token>``. ``verify`` is a bool or the path of a CA bundle.
+    ``token`` is sent as ``Authorization: Bearer <token>``. With ``token_file`` (where ``token`` came from: a
+    projected service-account token, which the kubelet rewrites before it expires) the file is read again
+    whenever it changed (a ``stat`` per request) and once more after a 401, which is then retried once: a
+    sync that outlives its first token still records its result instead of leaving the artifact PENDING.
+    ``verify`` is a bool or the path of a CA bundle.
     ``author`` is the default ``author`` of model versions this client creates. ``retry_attempts`` counts
     the first try; ``retry_initial_wait`` scales the backoff (0 disables waiting, for tests).
     """
@@ -111,6 +127,7 @@ class ModelRegistryClient:
         base_url: str,
         *,
         token: str | None,
+        token_file: str | os.PathLike[str] | None = None,
         verify: bool | str = True,
         author: str | None = None,
         timeout: httpx.Timeout | float = DEFAULT_TIMEOUT,
@@ -127,6 +144,10 @@ class ModelRegistryClient:
             headers["Authorization"] = f"Bearer {token}"
         self.author = author
         self._token = token
+        self._tokens = [token] if token else []
+        """Every token this client held, for redaction."""
+        self._token_file = Path(token_file) if token_file is not None else None
+        self._token_stat = _stat_key(self._token_file) if self._token_file is not None else None
         # The job's settings (MODEL_SYNC_RETRY_*, *_TIMEOUT) when given; the keyword defaults otherwise.
         self._retry = retry or RetrySettings(attempts=retry_attempts, initial_wait=retry_initial_wait)
         self._attempts = self._retry.attempts
@@ -330,8 +351,14 @@ class ModelRegistryClient:
     async def _send(
         self, what: str, method: str, path: str, *, params: Mapping[str, str] | None, json: Any, missing_ok: bool
     ) -> Entity:
+        self._reload_token()
         started = time.monotonic()
         response = await self._http.request(method, path, params=params, json=json)
+        if response.status_code == 401 and self._reload_token(force=True):
+            logger.info(
+                "the registry refused the token; sending %s %s again with the token file's new one", method, path
+            )
+            response = await self._http.request(method, path, params=params, json=json)
         took, target = time.monotonic() - started, response.request.url.raw_path.decode()
         logger.debug("%s %s -> %d (%.3fs)", method, target, response.status_code, took)
         if response.is_success:
@@ -352,6 +379,32 @@ class ModelRegistryClient:
             f"{response.status_code} from {method} {path}", request=response.request, response=response
         )
 
+    def _reload_token(self, *, force: bool = False) -> bool:
+        """Read the token file again if it changed (or if ``force``); True when the token is a new one.
+
+        A file that cannot be read or is empty keeps the current token: the request then fails, or not,
+        on its own merits.
+        """
+        if self._token_file is None:
+            return False
+        key = _stat_key(self._token_file)
+        if key == self._token_stat and not force:
+            return False
+        self._token_stat = key
+        try:
+            token = self._token_file.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            logger.warning("cannot read the registry token file %s again: %s", self._token_file, exc.strerror)
+            return False
+        if not token or token == self._token:
+            return False
+        self._token = token
+        self._tokens.append(token)
+        add_secrets([token])
+        self._http.headers["Authorization"] = f"Bearer {token}"
+        logger.debug("read a new registry token from %s", self._token_file)
+        return True
+
     def _error(self, what: str, response: httpx.Response) -> ModelRegistryError:
         status = response.status_code
         parsed = _error_body(response)
@@ -368,7 +421,10 @@ class ModelRegistryClient:
 
     def _redact(self, text: str) -> str:
         # A server or proxy may echo what it rejected; too short a "token" would only mangle the text.
-        return text.replace(self._token, "***") if self._token and len(self._token) >= 8 else text
+        for token in self._tokens:
+            if len(token) >= 8:
+                text = text.replace(token, "***")
+        return text
 
     def _log_retry(self, what: str) -> Callable[[RetryCallState], None]:
         def log(state: RetryCallState) -> None:

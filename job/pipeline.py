@@ -146,6 +146,7 @@ async def sync(
     client = registry or ModelRegistryClient(
         reg.base_url,
         token=reg.token.get_secret_value() if reg.token else None,
+        token_file=reg.token_file,
         verify=reg.verify,
         author=reg.author,
         retry=plan.config.retry,

@@ -324,13 +324,17 @@ def test_registry_base_url(address: str, extra: list[str], expected: str) -> Non
 def test_registry_token_sources(tmp_path: Path) -> None:
     token_file = tmp_path / "token"
     token_file.write_text("file-token\n")
-    assert job([*BASE, *S3_SRC, *OCI_DST, "--registry-user-token", "t1"]).registry.token.get_secret_value() == "t1"
+    given = job([*BASE, *S3_SRC, *OCI_DST, "--registry-user-token", "t1"]).registry
+    assert (given.token.get_secret_value(), given.token_file) == ("t1", None)  # type: ignore[union-attr]
     by_path = job([*BASE, *S3_SRC, *OCI_DST, "--registry-user-token-envvar", "MY_TOKEN"], {"MY_TOKEN": str(token_file)})
     assert by_path.registry.token.get_secret_value() == "file-token"
+    assert by_path.registry.token_file == token_file  # read again when the kubelet rotates it
     by_value = job([*BASE, *S3_SRC, *OCI_DST, "--registry-user-token-envvar", "MY_TOKEN"], {"MY_TOKEN": "raw-token"})
     assert by_value.registry.token.get_secret_value() == "raw-token"
+    assert by_value.registry.token_file is None
     kf = job([*BASE, *S3_SRC, *OCI_DST], {"KF_PIPELINES_SA_TOKEN_PATH": str(token_file)})
     assert kf.registry.token.get_secret_value() == "file-token"
+    assert kf.registry.token_file == token_file
     with pytest.raises(ConfigError, match="MODEL_SYNC_REGISTRY_USER_TOKEN_ENVVAR"):
         job([*BASE, *S3_SRC, *OCI_DST, "--registry-user-token-envvar", "UNSET_VAR"])
 

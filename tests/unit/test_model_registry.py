@@ -15,7 +15,7 @@ import respx
 from tenacity import RetryCallState, wait_fixed
 
 from job.errors import ConfigError, ModelRegistryError
-from job.model_registry import ModelRegistryClient
+from job.model_registry import ModelRegistryClient, _stat_key
 from job.retry import WaitRetryAfter, is_retryable, retry_after
 
 BASE = "http://registry.test"
@@ -61,6 +61,76 @@ async def test_no_authorization_header_without_token(api: respx.MockRouter) -> N
     async with ModelRegistryClient(BASE + PREFIX + "/", token=None) as c:  # prefix given: not doubled
         await c.get_registered_model("1")
     assert "Authorization" not in route.calls.last.request.headers
+
+
+def rotate(path: Path, token: str) -> None:
+    """What the kubelet does to a projected token: a new file swapped in (new inode, new mtime)."""
+    new = path.with_suffix(".new")
+    new.write_text(token + "\n")
+    new.replace(path)
+
+
+async def test_a_rotated_token_file_is_read_again(api: respx.MockRouter, tmp_path: Path) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text("first-token-1234\n")
+    route = api.get("/registered_models/1").respond(json={"id": "1"})
+    async with ModelRegistryClient(BASE, token="first-token-1234", token_file=token_file) as c:
+        await c.get_registered_model("1")
+        rotate(token_file, "second-token-5678")
+        await c.get_registered_model("1")
+    assert [call.request.headers["Authorization"] for call in route.calls] == [
+        "Bearer first-token-1234",
+        "Bearer second-token-5678",
+    ]
+
+
+async def test_a_401_reads_the_token_file_again_and_retries_once(
+    api: respx.MockRouter, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The file changed without a new stat key (same inode, mtime and size are possible within a tick):
+    # the 401 itself makes the client look again.
+    token_file = tmp_path / "token"
+    token_file.write_text("expired-token-00\n")
+    route = api.patch("/model_artifacts/7").mock(
+        side_effect=lambda request: httpx.Response(200, json={"id": "7"})
+        if request.headers["Authorization"] == "Bearer renewed-token-11"
+        else err(401, "Unauthorized", "token expired")
+    )
+    async with ModelRegistryClient(
+        BASE, token="expired-token-00", token_file=token_file, retry_attempts=3, retry_initial_wait=0
+    ) as c:
+        token_file.write_text("renewed-token-11\n")
+        c._token_stat = _stat_key(token_file)  # as if stat had not told the change apart
+        with caplog.at_level(logging.INFO, logger="job.model_registry"):
+            assert await c.update_model_artifact("7", {}, state="LIVE") == {"id": "7"}
+    assert [call.request.headers["Authorization"] for call in route.calls] == [
+        "Bearer expired-token-00",
+        "Bearer renewed-token-11",
+    ]
+    assert "sending PATCH" in caplog.text and "renewed-token-11" not in caplog.text
+
+
+async def test_a_401_with_an_unchanged_token_file_is_an_error_without_the_token(
+    api: respx.MockRouter, tmp_path: Path
+) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text("only-token-abcdef\n")
+    route = api.get("/registered_models/1").respond(401, json={"code": "x", "message": "bad only-token-abcdef"})
+    async with ModelRegistryClient(BASE, token="only-token-abcdef", token_file=token_file, retry_initial_wait=0) as c:
+        with pytest.raises(ModelRegistryError, match="401") as caught:
+            await c.get_registered_model("1")
+    assert route.call_count == 1  # not retried: the file holds the same token
+    assert "only-token-abcdef" not in str(caught.value)
+
+
+async def test_a_missing_token_file_keeps_the_token(api: respx.MockRouter, tmp_path: Path) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text("kept-token-123456\n")
+    route = api.get("/registered_models/1").respond(json={"id": "1"})
+    async with ModelRegistryClient(BASE, token="kept-token-123456", token_file=token_file) as c:
+        token_file.unlink()
+        await c.get_registered_model("1")
+    assert route.calls.last.request.headers["Authorization"] == "Bearer kept-token-123456"
 
 
 async def test_find_sends_name_and_parent(api: respx.MockRouter, client: ModelRegistryClient) -> None:

@@ -132,7 +132,9 @@ def job_config(source: object, destination: object, *, part_size: int | None = N
     return JobConfig(
         source=source,  # type: ignore[arg-type]
         destination=destination,  # type: ignore[arg-type]
-        registry=RegistryConfig(base_url="http://127.0.0.1:1", token=None, verify=False, author=None, log_level="INFO"),
+        registry=RegistryConfig(
+            base_url="http://127.0.0.1:1", token=None, token_file=None, verify=False, author=None, log_level="INFO"
+        ),
         intent=Intent.UPDATE_ARTIFACT,
         model_id=None,
         model_version_id=None,
