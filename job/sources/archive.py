@@ -31,7 +31,6 @@ files) and the zip central directory.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import os
 import posixpath
@@ -41,12 +40,13 @@ import tarfile
 import tempfile
 import zlib
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
-from contextlib import AbstractAsyncContextManager, AsyncExitStack, aclosing, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, aclosing, asynccontextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal, Protocol
 
 from job.errors import IntegrityError, SourceError
+from job.shared_pass import SharedPass
 from job.sources.base import ObjectInfo, safe_relative_path
 from job.sources.uri import Download, HttpClient, display_url
 from job.streams import ChunkReader, aiter_file
@@ -478,12 +478,11 @@ class _RangedTar:
 
 
 class _StreamedTar:
-    """A tar or tar.gz read front to back: listed in one pass, members served in order by one shared second pass.
+    """A tar or tar.gz read front to back: listed in one pass, members served by one shared second pass.
 
-    Each ``open`` queues a ticket (synchronously, so tickets follow the engine's open order). The ticket with the
-    lowest target offset reads next, once the pass is free: it skips the pass forward to its member and reads the
-    member's bytes straight from the (decompressed) stream, then frees the pass. A target behind the pass restarts
-    it from the archive's start (a warning: that is one more download).
+    The second pass is a :class:`~job.shared_pass.SharedPass` over the (decompressed) archive: members are met
+    in listing order, which is archive order, and a member behind the pass restarts it (a warning: that is one
+    more download).
     """
 
     def __init__(self, client: HttpClient, url: str, where: str, *, first: Download | None) -> None:
@@ -492,15 +491,7 @@ class _StreamedTar:
         self._where = where
         self._first = first
         self._etag = first.etag if first is not None else None
-        self._tickets = itertools.count()
-        self._queue: dict[int, int] = {}  # ticket -> target offset
-        self._owner: int | None = None
-        self._changed = asyncio.Event()
-        self._stack: AsyncExitStack | None = None
-        self._reader: ChunkReader | None = None
-        self._pos = 0
-        self._broken = False
-        self.copy_passes = 0
+        self._pass = SharedPass(self._stream, where, "the archive", truncated=lambda at: _truncated(where, at))
 
     @asynccontextmanager
     async def _stream(self) -> AsyncIterator[AsyncIterator[bytes]]:
@@ -516,73 +507,11 @@ class _StreamedTar:
             async for e in iter_tar(_StreamInput(ChunkReader(stream), self._where), self._where):
                 yield e
 
-    @asynccontextmanager
-    async def open(self, e: Entry, offset: int) -> AsyncIterator[AsyncIterator[bytes]]:
-        ticket = next(self._tickets)
-        self._queue[ticket] = e.offset + offset  # queued before any await: the engine's open order is kept
-        chunks = self._member(ticket, e, offset)
-        try:
-            yield chunks
-        finally:
-            await chunks.aclose()
-            self._release(ticket)
-
-    def _release(self, ticket: int) -> None:
-        self._queue.pop(ticket, None)
-        if self._owner == ticket:
-            self._owner = None
-        self._changed.set()
-        self._changed = asyncio.Event()
-
-    def _next_ticket(self) -> int:
-        # The nearest target at or ahead of the pass first (an elevator): a member behind the pass restarts it
-        # only once nothing queued is ahead, so members then aliases cost one restart, not one per alias.
-        return min(self._queue, key=lambda t: (self._queue[t] < self._pos, self._queue[t], t))
-
-    async def _member(self, ticket: int, e: Entry, offset: int) -> AsyncGenerator[bytes, None]:
-        while self._owner is not None or self._next_ticket() != ticket:
-            changed = self._changed
-            await changed.wait()
-        self._owner = ticket
-        target = e.offset + offset
-        try:
-            if self._reader is None or self._broken or self._pos > target:
-                await self._restart(e)
-            assert self._reader is not None
-            async for chunk in self._reader.iter_part(target - self._pos):
-                self._pos += len(chunk)
-            remaining = e.size - offset
-            async for chunk in self._reader.iter_part(remaining):
-                self._pos += len(chunk)
-                remaining -= len(chunk)
-                yield chunk
-            if remaining:
-                raise _truncated(self._where, self._pos)
-        except GeneratorExit:
-            raise  # the reader stopped at a yield: the pass is still in step
-        except BaseException:
-            self._broken = True  # stopped inside a read: start over for the next member
-            raise
-        finally:
-            self._release(ticket)
-
-    async def _restart(self, e: Entry) -> None:
-        await self._close_pass()
-        self.copy_passes += 1
-        if self.copy_passes > 1:
-            log.warning("%s: reading the archive again from its start to reach %s", self._where, e.name)
-        self._stack = AsyncExitStack()
-        self._reader = ChunkReader(await self._stack.enter_async_context(self._stream()))
-        self._pos = 0
-        self._broken = False
-
-    async def _close_pass(self) -> None:
-        stack, self._stack, self._reader = self._stack, None, None
-        if stack is not None:
-            await stack.aclose()
+    def open(self, e: Entry, offset: int) -> AbstractAsyncContextManager[AsyncIterator[bytes]]:
+        return self._pass.open(e.offset + offset, e.size - offset, e.name)
 
     async def close(self) -> None:
-        await self._close_pass()
+        await self._pass.close()
         if self._first is not None:
             await self._first.aclose()
 

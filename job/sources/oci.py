@@ -16,10 +16,12 @@
   or typed tar+gzip (oras-py) is a directory packed by ``oras push``: its tar(.gz) is listed like an
   image layer, rooted at the title.
 
-``open(obj, offset)``: a ranged GET of exactly the file's bytes (ORAS layers, uncompressed layers); for
-a gzip layer the layer is streamed again, decompressed, and the member's bytes yielded (a model that is
-many files in one gzip layer is read once per file: such images are rare, modelcars use one layer per
-file).
+``open(obj, offset)``: a ranged GET of exactly the file's bytes (ORAS layers, uncompressed layers). A gzip
+layer has no random access, and an image built with ``COPY models/ /models/`` holds the whole model in one:
+its files are served from one shared pass over the decompressed layer (:class:`~job.shared_pass.SharedPass`),
+so the layer is downloaded and inflated once for all of them rather than once per file (n/2 times the layer
+for n files). Image files are listed in layer and tar order (path order within that), which is the order the
+pass meets them.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from job.oci_layers import FileLocation, ModelTree, RangedInput, StreamInput, Ta
 from job.oci_protocol import ANNOTATION_TITLE, DOCKER_CONFIG, INDEX_TYPES, OCI_CONFIG, OCI_LAYER_TAR_GZIP
 from job.oci_ref import parse_reference
 from job.retry import RetrySettings
+from job.shared_pass import SharedPass
 from job.sources.base import ObjectInfo, safe_relative_path
 
 log = logging.getLogger(__name__)
@@ -105,6 +108,8 @@ class OciSource:
         )
         self._layers: builtins.list[_Layer] = []
         self._files: dict[PurePosixPath, FileLocation] = {}
+        self._passes: dict[int, SharedPass] = {}
+        """One shared pass per gzip layer, made when a file of it is first opened."""
 
     @classmethod
     def from_config(cls, config: JobConfig) -> OciSource:
@@ -232,7 +237,9 @@ class OciSource:
         tree = ModelTree("models", what=self.uri)
         for index, members in zip(indexes, scanned, strict=True):
             tree.apply(index, members)
-        self._files = tree.files()
+        files = tree.files()
+        # Layer and tar order (path order for aliases of one member): the order a shared pass meets them.
+        self._files = dict(sorted(files.items(), key=lambda item: (item[1].layer, item[1].offset, item[0])))
         return [ObjectInfo(path=path, size=location.size) for path, location in self._files.items()]
 
     async def _scan(self, index: int) -> builtins.list[TarMember]:
@@ -274,13 +281,30 @@ class OciSource:
             async with self.client.open_blob(repo, layer.digest, start=start, end=end, what=what) as body:
                 yield body
             return
-        async with self.client.open_blob(repo, layer.digest, what=what) as body:
-            stream = StreamInput(inflate(body, what))
-            await stream.skip(location.offset + offset)
-            yield stream.iter_part(location.size - offset)
+        shared = self._passes.get(location.layer)
+        if shared is None:
+            end = max(f.offset + f.size for f in self._files.values() if f.layer == location.layer)
+            shared = self._passes[location.layer] = SharedPass(
+                lambda: self._inflated(layer), self.uri, f"layer {layer.digest}", end=end
+            )
+        async with shared.open(location.offset + offset, location.size - offset, str(obj.path)) as chunks:
+            yield chunks
+
+    @asynccontextmanager
+    async def _inflated(self, layer: _Layer) -> AsyncIterator[AsyncIterator[bytes]]:
+        """A gzip layer's blob, decompressed, from its start."""
+        what = f"reading {self.uri} layer {layer.digest}"
+        async with self.client.open_blob(self.ref.repository, layer.digest, what=what) as body:
+            plain = inflate(body, what)
+            try:
+                yield plain
+            finally:
+                await plain.aclose()  # type: ignore[attr-defined]
 
     async def close(self) -> None:
-        """Close the registry connections."""
+        """Close the shared passes and the registry connections."""
+        for shared in self._passes.values():
+            await shared.close()
         await self.client.aclose()
 
 

@@ -13,6 +13,7 @@ import gzip
 import hashlib
 import io
 import json
+import logging
 import random
 import tarfile
 from pathlib import Path, PurePosixPath
@@ -366,6 +367,43 @@ async def test_gzip_layers_whiteouts_and_links(registry_plain: Registry, tmp_pat
         "link.json": b"new a",
         long_name.removeprefix("models/"): b"L" * 10_000,
     }
+
+
+async def test_one_gzip_layer_holding_the_whole_model_is_read_once(
+    registry_plain: Registry, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # What `docker build` with `COPY models/ /models/` pushes: every file in one gzip layer, in walk order
+    # ("a/" before "a.txt", unlike path order). One shared pass serves them all: the layer's blob is fetched
+    # once by the listing and once for the copy, not once per file, with 4 files read at a time.
+    reg = registry_plain
+    rng = random.Random(11)
+    model = {
+        "a/inner.bin": rng.randbytes(70_000),
+        "a.txt": b"a text",
+        "config.json": b'{"x": 1}',
+        "model-00001.safetensors": rng.randbytes(300_000),
+        "model-00002.safetensors": rng.randbytes(300_000),
+        "tokenizer.json": rng.randbytes(50_000),
+        "zero.bin": b"",
+    }
+    entries = [(tar_info("models/", tarfile.DIRTYPE, mode=0o755), None), (tar_info("models/a/", tarfile.DIRTYPE), None)]
+    entries += [file("models/" + name, data) for name, data in model.items()]
+    layer = tar_layer(entries, compress=True)
+    layer_digest = "sha256:" + hashlib.sha256(layer[0]).hexdigest()
+    reference = f"{reg.host}/models/dockerfile-style:v1"
+    push_layers(reg, tmp_path / "layout", reference, layer)
+
+    source = OciSource(reg.location(reference))
+    assert [str(o.path) async for o in source.list()] == list(model)  # tar order: the order the pass meets
+    await source.close()
+    before = len(log_lines(reg, f"GET /v2/models/dockerfile-style/blobs/{layer_digest}"))
+    memory = MemoryDestination()
+    with caplog.at_level(logging.WARNING):
+        await transfer(OciSource(reg.location(reference)), memory, TransferSettings(parallel_files=4))
+    assert memory.stored == model
+    reads = len(log_lines(reg, f"GET /v2/models/dockerfile-style/blobs/{layer_digest}")) - before
+    assert reads == 2, reads  # the listing, then one pass for all 7 files
+    assert "again from its start" not in caplog.text
 
 
 @pytest.mark.parametrize(
