@@ -147,14 +147,13 @@ def registry_env(address: str, **extra: str) -> dict[str, str]:
 # --- the Model Registry ---------------------------------------------------------------------------
 
 
-def new_artifact(api_url: str) -> str:
-    """A registered model, a version and an artifact with no uri (state UNKNOWN); returns the artifact id."""
+def new_artifact(api_url: str, **fields: str) -> str:
+    """A registered model, a version and an artifact with no uri (state UNKNOWN, or ``fields``); returns its id."""
     api = httpx.Client(base_url=api_url, timeout=30)
     rm = api.post("/registered_models", json={"name": f"m-{uuid.uuid4().hex[:10]}"}).json()
     mv = api.post(f"/registered_models/{rm['id']}/versions", json={"name": "v1", "registeredModelId": rm["id"]}).json()
-    ma = api.post(f"/model_versions/{mv['id']}/artifacts",
-                  json={"artifactType": "model-artifact", "name": "a", "state": "UNKNOWN"}).json()  # fmt: skip
-    return str(ma["id"])
+    body = {"artifactType": "model-artifact", "name": "a", "state": "UNKNOWN", **fields}
+    return str(api.post(f"/model_versions/{mv['id']}/artifacts", json=body).json()["id"])
 
 
 def update_artifact_env(api_url: str) -> dict[str, str]:

@@ -19,6 +19,7 @@ from job.intents import MARKER_JOB_ID
 from job.pipeline import Plan, plan_job, run_until_terminated, sync
 from job.transfer import TransferSettings
 from tests.fakes import MemoryDestination, MemorySource
+from tests.integration.jobs import new_artifact
 from tests.standin.model_registry import ModelRegistryStandin
 
 MODEL = {"config.json": b'{"a": 1}', "sub/config.json": b'{"b": 2}', "weights.bin": b"w" * 100_000, "empty": b""}
@@ -97,45 +98,35 @@ async def test_create_model_moves_bytes_then_registers(registry: ModelRegistrySt
 async def test_update_artifact_pending_during_transfer_then_live(
     registry: ModelRegistryStandin, tmp_path: Path
 ) -> None:
-    async with httpx.AsyncClient() as client:
-        rm = (await client.post(registry.api_url + "/registered_models", json={"name": "m"})).json()
-        mv = (await client.post(registry.api_url + f"/registered_models/{rm['id']}/versions",
-                                json={"name": "v1", "registeredModelId": rm["id"]})).json()  # fmt: skip
-        ma = (await client.post(registry.api_url + f"/model_versions/{mv['id']}/artifacts",
-                                json={"artifactType": "model-artifact", "name": "a", "state": "UNKNOWN"})).json()  # fmt: skip
-    cfg = config(registry, tmp_path, "--model-artifact-id", ma["id"])
+    artifact_id = new_artifact(registry.api_url)
+    cfg = config(registry, tmp_path, "--model-artifact-id", artifact_id)
     seen: list[str] = []
     hold = asyncio.Event()
     destination = MemoryDestination(hold=hold, uri="s3://b/m")
 
     async def watch() -> None:
         await destination.wait_in_flight(1)
-        seen.append((await api(registry, f"/model_artifacts/{ma['id']}"))["state"])
+        seen.append((await api(registry, f"/model_artifacts/{artifact_id}"))["state"])
         hold.set()
 
     watcher = asyncio.create_task(watch())
     result = await run(plan(cfg), MemorySource(MODEL), destination)
     await watcher
     assert seen == ["PENDING"]
-    after = await api(registry, f"/model_artifacts/{ma['id']}")
+    after = await api(registry, f"/model_artifacts/{artifact_id}")
     assert (after["state"], after["uri"]) == ("LIVE", "s3://b/m")
-    assert result.to_termination_message()["ModelArtifact.id"] == ma["id"]
+    assert result.to_termination_message()["ModelArtifact.id"] == artifact_id
 
 
 async def test_failed_transfer_leaves_no_pending_artifact(registry: ModelRegistryStandin, tmp_path: Path) -> None:
-    async with httpx.AsyncClient() as client:
-        rm = (await client.post(registry.api_url + "/registered_models", json={"name": "m"})).json()
-        mv = (await client.post(registry.api_url + f"/registered_models/{rm['id']}/versions",
-                                json={"name": "v1", "registeredModelId": rm["id"]})).json()  # fmt: skip
-        ma = (await client.post(registry.api_url + f"/model_versions/{mv['id']}/artifacts",
-                                json={"artifactType": "model-artifact", "name": "a", "state": "UNKNOWN"})).json()  # fmt: skip
-    cfg = config(registry, tmp_path, "--model-artifact-id", ma["id"])
+    artifact_id = new_artifact(registry.api_url)
+    cfg = config(registry, tmp_path, "--model-artifact-id", artifact_id)
     source = MemorySource(MODEL, fail_after={"weights.bin": 1000})
     destination = MemoryDestination()
     with pytest.raises(SourceError, match="weights.bin"):
         await run(plan(cfg), source, destination)
     assert destination.abort_calls == 1
-    assert (await api(registry, f"/model_artifacts/{ma['id']}"))["state"] == "ABANDONED"
+    assert (await api(registry, f"/model_artifacts/{artifact_id}"))["state"] == "ABANDONED"
 
 
 async def test_rerun_with_same_job_id_converges(registry: ModelRegistryStandin, tmp_path: Path) -> None:
@@ -155,14 +146,8 @@ async def test_sigterm_cancels_the_transfer_and_cleans_up(registry: ModelRegistr
     import os
     import signal
 
-    async with httpx.AsyncClient() as client:
-        rm = (await client.post(registry.api_url + "/registered_models", json={"name": "m"})).json()
-        mv = (await client.post(registry.api_url + f"/registered_models/{rm['id']}/versions",
-                                json={"name": "v1", "registeredModelId": rm["id"]})).json()  # fmt: skip
-        ma = (await client.post(registry.api_url + f"/model_versions/{mv['id']}/artifacts",
-                                json={"artifactType": "model-artifact", "name": "a", "uri": "s3://old/m",
-                                      "state": "LIVE"})).json()  # fmt: skip
-    cfg = config(registry, tmp_path, "--model-artifact-id", ma["id"])
+    artifact_id = new_artifact(registry.api_url, uri="s3://old/m", state="LIVE")
+    cfg = config(registry, tmp_path, "--model-artifact-id", artifact_id)
     destination = MemoryDestination(hold=asyncio.Event())  # never released: only SIGTERM ends it
     planned = plan(cfg)
 
@@ -188,5 +173,5 @@ async def test_sigterm_cancels_the_transfer_and_cleans_up(registry: ModelRegistr
     finally:
         pipeline.sync = original
     assert destination.abort_calls == 1
-    after = await api(registry, f"/model_artifacts/{ma['id']}")
+    after = await api(registry, f"/model_artifacts/{artifact_id}")
     assert (after["state"], after["uri"]) == ("LIVE", "s3://old/m")  # the previous state is back
