@@ -5,7 +5,8 @@
   end checks the size; when the source listed a sha256 it also hashes them and checks that digest. Errors the
   source iterator raises become :class:`~job.errors.SourceError`, so a broken GET never looks like a
   failed push. Chunks are passed through as the same objects: no copy, no re-buffering.
-* :func:`aiter_file` reads a local file in a worker thread, chunk by chunk, without blocking the loop.
+* :func:`aiter_file` reads a local file in a worker thread, chunk by chunk, without blocking the loop;
+  :func:`spool` is its other direction (the rare stream that must land on disk first).
 * :class:`ChunkReader` cuts a chunk stream into exact-size parts for multipart uploads, splitting a
   chunk only where a part ends.
 
@@ -24,6 +25,7 @@ import hashlib
 import os
 import re
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from pathlib import Path
 from typing import BinaryIO
 
 from job.errors import IntegrityError, ModelSyncError, SourceError
@@ -222,6 +224,23 @@ async def aiter_file(
             _close_when_done(f, pending)
         else:
             f.close()
+
+
+async def spool(chunks: AsyncIterator[bytes], f: BinaryIO, path: Path) -> int:
+    """Write ``chunks`` to ``f`` (open for writing at ``path``), each write in a worker thread, then close it.
+
+    Returns the bytes written. On any failure, cancellation included, the file is closed and removed.
+    """
+    size = 0
+    try:
+        with f:
+            async for chunk in chunks:
+                await asyncio.to_thread(f.write, chunk)
+                size += len(chunk)
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+    return size
 
 
 class ChunkReader:

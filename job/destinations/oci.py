@@ -60,7 +60,7 @@ from job.oci_protocol import INDEX_TYPES, OCI_INDEX, OCI_MANIFEST
 from job.oci_ref import ImageReference, parse_reference
 from job.retry import RetrySettings
 from job.sources.base import ObjectInfo, source_identity
-from job.streams import aiter_file, describe
+from job.streams import aiter_file, describe, spool
 
 log = logging.getLogger(__name__)
 
@@ -332,16 +332,7 @@ class OciDestination:
         path = folder / uuid.uuid4().hex
         log.info("size of %s is unknown: spooling it to %s first (the tar header needs it)", obj.path, folder)
         await asyncio.to_thread(folder.mkdir, parents=True, exist_ok=True)
-        size = 0
-        try:
-            with path.open("wb") as f:
-                async for chunk in data:
-                    await asyncio.to_thread(f.write, chunk)
-                    size += len(chunk)
-        except BaseException:
-            path.unlink(missing_ok=True)
-            raise
-        return path, size
+        return path, await spool(data, path.open("wb"), path)
 
     async def commit(self, uploaded: Sequence[Uploaded]) -> Committed:
         """Push config(s), manifest(s) and, for a multi-arch base, the index; return the tag's digest."""

@@ -49,7 +49,7 @@ from job.errors import IntegrityError, SourceError
 from job.shared_pass import SharedPass
 from job.sources.base import ObjectInfo, safe_relative_path
 from job.sources.uri import Download, HttpClient, display_url
-from job.streams import ChunkReader, aiter_file
+from job.streams import ChunkReader, aiter_file, spool
 
 log = logging.getLogger(__name__)
 
@@ -442,21 +442,16 @@ async def _spool(first: Download, directory: Path, where: str) -> _LocalFile:
         "%s: the server does not serve byte ranges, so the zip (%s bytes) is downloaded to %s before it is unpacked",
         where, first.size if first.size is not None else "an unknown number of", directory,
     )  # fmt: skip
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(prefix="model-sync-", suffix=".zip", dir=directory)
-    except OSError as exc:
-        raise SourceError(f"unpacking {where}: cannot spool the zip to {directory}: {exc.strerror}", uri=where) from exc
-    path, size = Path(name), 0
-    try:
-        with os.fdopen(fd, "wb") as f:
-            async with first.body() as chunks:
-                async for chunk in chunks:
-                    await asyncio.to_thread(f.write, chunk)
-                    size += len(chunk)
-    except BaseException:
-        path.unlink(missing_ok=True)
-        raise
+    async with first.body() as chunks:  # opened first: a body that fails to open leaves no file behind
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            fd, name = tempfile.mkstemp(prefix="model-sync-", suffix=".zip", dir=directory)
+        except OSError as exc:
+            raise SourceError(
+                f"unpacking {where}: cannot spool the zip to {directory}: {exc.strerror}", uri=where
+            ) from exc
+        path = Path(name)
+        size = await spool(chunks, os.fdopen(fd, "wb"), path)
     return _LocalFile(path, size)
 
 

@@ -11,7 +11,7 @@ import pytest
 
 from job.errors import IntegrityError, SourceError, SourceNotFound
 from job.sources.base import ObjectInfo
-from job.streams import CheckedStream, ChunkReader, aiter_file, describe
+from job.streams import CheckedStream, ChunkReader, aiter_file, describe, spool
 from tests.fakes import FailingStream, sha256_of
 
 DATA = b"0123456789abcdefghij"  # 20 bytes
@@ -202,6 +202,18 @@ async def test_aiter_file_survives_cancellation_mid_read(tmp_path: Path) -> None
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
+
+
+async def test_spool_writes_the_stream_and_removes_the_file_when_it_fails(tmp_path: Path) -> None:
+    path = tmp_path / "spooled"
+    assert await spool(from_list([b"ab", b"", b"cde"]), path.open("wb"), path) == 5
+    assert path.read_bytes() == b"abcde"
+    broken = tmp_path / "broken"
+    with pytest.raises(SourceError):
+        await spool(
+            FailingStream(DATA, chunk_size=4, fail_after=8, error=SourceError("gone")), broken.open("wb"), broken
+        )
+    assert not broken.exists()
 
 
 # --- ChunkReader -------------------------------------------------------------------------------------
