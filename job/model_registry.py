@@ -143,9 +143,8 @@ class ModelRegistryClient:
         if token:
             headers["Authorization"] = f"Bearer {token}"
         self.author = author
-        self._token = token
         self._tokens = [token] if token else []
-        """Every token this client held, for redaction."""
+        """Every token this client held, for redaction; the last one is sent."""
         self._token_file = Path(token_file) if token_file is not None else None
         self._token_stat = _stat_key(self._token_file) if self._token_file is not None else None
         # The job's settings (MODEL_SYNC_RETRY_*, *_TIMEOUT) when given; the keyword defaults otherwise.
@@ -396,9 +395,8 @@ class ModelRegistryClient:
         except OSError as exc:
             logger.warning("cannot read the registry token file %s again: %s", self._token_file, exc.strerror)
             return False
-        if not token or token == self._token:
+        if not token or (self._tokens and token == self._tokens[-1]):
             return False
-        self._token = token
         self._tokens.append(token)
         add_secrets([token])
         self._http.headers["Authorization"] = f"Bearer {token}"
