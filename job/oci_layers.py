@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import tarfile
 import zlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Protocol
@@ -128,7 +128,7 @@ class StreamInput:
         return self._reader.iter_part(n)
 
 
-async def inflate(chunks: AsyncIterator[bytes], what: str) -> AsyncIterator[bytes]:
+async def inflate(chunks: AsyncIterator[bytes], what: str) -> AsyncGenerator[bytes, None]:
     """Decompress a gzip stream (several members allowed) in pieces of at most 1 MiB."""
     decoder = zlib.decompressobj(wbits=31)
     fed = False

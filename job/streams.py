@@ -58,9 +58,8 @@ class CheckedStream:
     * the stream never yields more than ``obj.size`` bytes: the chunk that would go past it raises
       :class:`IntegrityError` instead;
     * ``StopAsyncIteration`` comes only after the size (and a listed ``sha256:`` digest) checked out;
-      the stream hashes the bytes only when the source listed such a digest (``sha256`` is ``None``
-      otherwise);
-      a short read raises :class:`IntegrityError` instead of ending;
+      a short read raises :class:`IntegrityError` instead of ending; the bytes are hashed only when
+      the source listed such a digest (``sha256`` is ``None`` otherwise);
     * an error raised by the source iterator arrives as :class:`SourceError` ("reading <path> from the
       source: <cause>"), with the original as ``__cause__``; a ``ModelSyncError`` the source raised
       arrives as it is. After an error every further ``__anext__`` raises the same error.

@@ -10,8 +10,8 @@ Call order and what runs when (see ``job.destinations.base`` for the engine's si
   disk. A failed copy surfaces at the next ``put`` or at ``commit``.
 * Each ``put`` streams one uncompressed tar layer (:class:`job.modelcar.ModelLayer`) in one upload
   session: one PATCH with ``Content-Length`` (or chunked PATCHes, ``chunk_size``), the layer digest
-  computed on the way. It returns the file's size, ``sha256=""`` (the engine fills in the file's
-  digest) and ``extra={"layer_digest", "layer_size"}``.
+  computed on the way. It returns the file's size, ``sha256=""`` (the layer digest covers the bytes; the
+  engine fills in the file's digest when it hashed one) and ``extra={"layer_digest", "layer_size"}``.
 * ``commit`` waits for the base copy, then per platform pushes a new config (base config + diff_ids +
   history) and an OCI manifest; a single-platform base's manifest goes under the tag, a multi-arch
   base's manifests go by digest and a new index under the tag. Same model, same base -> same digests,

@@ -19,9 +19,8 @@ object then keeps a full sha256 that ``head-object --checksum-mode ENABLED`` sho
 into ``model-sync-sha256``. The stream is read to its very end (``StopAsyncIteration``) before the
 object is completed, so the engine's size and digest checks run before a wrong file can become visible.
 
-The whole-file sha256 is not computed here: the engine's stream already hashes every byte and fills
-``Uploaded.sha256`` (see ``job.destinations.base.Uploaded``), and a second hash of the same bytes in
-the same process would check nothing.
+The whole-file sha256 is not computed here: the part checksums cover every byte, and the engine hashes
+a file only when its source listed a sha256 to check (see ``job.destinations.base.Uploaded``).
 
 Reruns. Every object is written with user metadata ``model-sync-source``: the file's identity at the
 source (:func:`~job.sources.base.source_identity`: its sha256 when listed, else its ETag, for a pvc its
@@ -206,7 +205,7 @@ class S3Destination:
     async def put(self, obj: ObjectInfo, data: AsyncIterator[bytes]) -> Uploaded:
         """Upload one file from its stream (see the module docstring); returns its size, key and ETag.
 
-        ``Uploaded.sha256`` is left ``""`` for the engine to fill. Errors the stream raises propagate
+        ``Uploaded.sha256`` is left ``""`` (the engine fills it when it hashed the file). Errors the stream raises propagate
         unchanged; S3 errors are mapped to ``DestinationAuthError`` / ``UploadRejected`` /
         ``DestinationError``.
         """
@@ -388,6 +387,7 @@ class S3Destination:
 
     async def _upload_part(self, key: str, upload_id: str, number: int, part: Part, path: str) -> dict[str, Any]:
         """Upload one part (the request, and so the part, is retried by ``S3Connection.call``)."""
+        field = _CHECKSUMS[self.checksum][1]
         response = await self._conn.call(
             "upload_part",
             f"uploading part {number} of",
@@ -399,9 +399,9 @@ class S3Destination:
             PartNumber=number,
             Body=PartBody(part),
             ChecksumAlgorithm=self.checksum,
-            **{_CHECKSUMS[self.checksum][1]: part.checksum},
+            **{field: part.checksum},
         )
-        return {"PartNumber": number, "ETag": response["ETag"], _CHECKSUMS[self.checksum][1]: part.checksum}
+        return {"PartNumber": number, "ETag": response["ETag"], field: part.checksum}
 
     async def _abort_upload(self, upload_id: str, key: str) -> bool:
         """Abort one multipart upload; True when it is gone. Logs instead of raising."""

@@ -31,7 +31,7 @@ import builtins
 import logging
 import platform as host_platform
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any
@@ -294,12 +294,11 @@ class OciSource:
     async def _inflated(self, layer: _Layer) -> AsyncIterator[AsyncIterator[bytes]]:
         """A gzip layer's blob, decompressed, from its start."""
         what = f"reading {self.uri} layer {layer.digest}"
-        async with self.client.open_blob(self.ref.repository, layer.digest, what=what) as body:
-            plain = inflate(body, what)
-            try:
-                yield plain
-            finally:
-                await plain.aclose()  # type: ignore[attr-defined]
+        async with (
+            self.client.open_blob(self.ref.repository, layer.digest, what=what) as body,
+            aclosing(inflate(body, what)) as plain,
+        ):
+            yield plain
 
     async def close(self) -> None:
         """Close the shared passes and the registry connections."""
