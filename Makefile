@@ -13,8 +13,11 @@ TOOLS := .tools
 POETRY := $(TOOLS)/poetry/bin/python .ci/poetry_shim.py
 export POETRY_VIRTUALENVS_IN_PROJECT := true
 export POETRY_NO_INTERACTION := 1
-# Debian packages the tests and the demo use (real servers and an independent OCI client).
-APT_PACKAGES := docker-registry skopeo apache2-utils openssl busybox-static
+# Debian packages the tests and the demo use (real servers and an independent OCI client). podman and
+# runc run modelcars as KServe's pods do (tests/consumers/podman.py: runc, because crun cannot set rlimits
+# in this sandbox); golang-go builds the few lines of Kubeflow's UI backend that parse our termination
+# message (tests/consumers/uibackend.go); tinyproxy is the forward proxy HTTP(S)_PROXY tests go through.
+APT_PACKAGES := docker-registry skopeo apache2-utils openssl busybox-static podman runc golang-go tinyproxy
 PORT ?= 8080
 
 .PHONY: help
@@ -24,6 +27,7 @@ help:
 	@echo "make registry-server PORT=8080 - run the Model Registry stand-in in the foreground"
 	@echo "make bench  - model-sync against its peers on local servers (SIZE_MIB=1024 RUNS=3 FLAT_MIB=8x)"
 	@echo "make lock   - re-resolve poetry.lock after editing pyproject.toml"
+	@echo "make consumers - the venvs of the programs that read our output (tests/consumers/; part of install)"
 
 $(TOOLS)/poetry/bin/python:
 	$(PYTHON) -m venv $(TOOLS)/poetry
@@ -47,8 +51,38 @@ apt:
 	$(POETRY) install --quiet --with bench --compile
 	touch $@
 
+# Programs that consume what model-sync writes (tests/consumers/), each in a venv of its own so that
+# their pins never meet poetry.lock: KServe's storage initializer, and Kubeflow's Python client in the
+# last release that speaks v1alpha3 (0.3.14) and one that speaks v1 (0.3.18). A stamp named after the
+# version makes each install once, and again only when the version here changes. kserve-storage's own
+# ranges resolve to a set that imports (checked below); its oci:// handler needs Python >= 3.11.4
+# (tarfile's filter="data"), which tests/consumers/kserve.py checks before it runs one.
+CONSUMERS := $(TOOLS)/consumers
+KSERVE_STORAGE_VERSION := 0.21.0
+MODEL_REGISTRY_CLIENTS := 0.3.14 0.3.18
+CONSUMER_STAMPS := $(CONSUMERS)/kserve/.installed-$(KSERVE_STORAGE_VERSION) \
+	$(foreach v,$(MODEL_REGISTRY_CLIENTS),$(CONSUMERS)/mr-$(v)/.installed)
+
+$(CONSUMERS)/kserve/.installed-$(KSERVE_STORAGE_VERSION):
+	@# From scratch: a venv left by a failed or older install would keep its old packages.
+	rm -rf $(CONSUMERS)/kserve
+	$(PYTHON) -m venv $(CONSUMERS)/kserve
+	$(CONSUMERS)/kserve/bin/pip install --quiet --disable-pip-version-check "kserve-storage==$(KSERVE_STORAGE_VERSION)"
+	$(CONSUMERS)/kserve/bin/python -c 'from kserve_storage import Storage'
+	touch $@
+
+$(CONSUMERS)/mr-%/.installed:
+	rm -rf $(CONSUMERS)/mr-$*
+	$(PYTHON) -m venv $(CONSUMERS)/mr-$*
+	$(CONSUMERS)/mr-$*/bin/pip install --quiet --disable-pip-version-check "model-registry==$*"
+	$(CONSUMERS)/mr-$*/bin/python -c 'from model_registry import ModelRegistry'
+	touch $@
+
+.PHONY: consumers
+consumers: $(CONSUMER_STAMPS)
+
 .PHONY: install
-install: apt .venv/.installed
+install: apt .venv/.installed consumers
 
 .PHONY: lock
 lock: $(TOOLS)/poetry/bin/python

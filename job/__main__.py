@@ -33,6 +33,7 @@ from job.config import (
 )
 from job.errors import ModelSyncError
 from job.logs import RedactSecrets, configure_logging
+from job.proxy import normalise_no_proxy
 
 log = logging.getLogger("job")
 
@@ -137,6 +138,8 @@ def run(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> int:
     termination_path = Path(env.get("TERMINATION_MESSAGE_PATH", "/dev/termination-log"))
     settings: Settings | None = None
     config: JobConfig | None = None
+    if environ is None:
+        normalise_no_proxy(os.environ)  # before any client reads it
     try:
         settings = load_settings(argv)
         termination_path = settings.termination_message_path

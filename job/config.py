@@ -39,6 +39,7 @@ from pydantic_settings import (
 from job.credentials import DockerConfig, read_docker_config, read_s3_secret, read_uri_headers, read_uri_secret
 from job.errors import ConfigError
 from job.retry import RetrySettings
+from job.tls import DEFAULT_CERTS_DIR
 
 ENV_PREFIX = "MODEL_SYNC_"
 DEFAULT_METADATA_PATH = Path("/etc/model-metadata")
@@ -157,6 +158,11 @@ class Settings(BaseSettings):
     oci_platform: str | None = Field(
         None, description="Platform to pick from a multi-arch image when reading one (default: linux/<this machine>)."
     )
+    oci_cert_dir: Path = Field(
+        DEFAULT_CERTS_DIR,
+        description="containers-certs.d directory for every OCI registry (source, destination, base image): "
+        "<dir>/<host[:port]>/*.crt are trusted CAs, *.cert/*.key client certificates.",
+    )
 
     # --- model registry entities and intent ---
     model_upload_intent: Intent = Field(
@@ -190,6 +196,11 @@ class Settings(BaseSettings):
     registry_custom_ca: Path | None = Field(None, description="CA bundle to verify the Model Registry with.")
     registry_custom_ca_envvar: str | None = Field(None, description="Name of an env var holding the CA path.")
     registry_log_level: str = Field("WARNING", description="Log level of the Model Registry client.")
+    registry_api_version: Literal["auto", "v1", "v1alpha3"] = Field(
+        "auto",
+        description="Model Registry REST API: v1 (current servers), v1alpha3 (older ones), or auto: the first "
+        "answer tells.",
+    )
 
     # --- transfer engine: part buffers are bounded by parallel_files x (parallel_parts + 1) x part size,
     # 4 x 3 x 8 MiB = 96 MiB with the defaults (see job.transfer.TransferSettings) ---
@@ -472,6 +483,8 @@ class OciLocation:
     platform: str | None = None
     docker_config: DockerConfig | None = None
     """All logins of the mounted docker config, for a base image on another registry."""
+    cert_dir: Path | None = None
+    """The containers-certs.d directory: CAs and client certificates per registry (``job.tls``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -509,6 +522,8 @@ class RegistryConfig:
     """True, False (plain http), or a CA bundle path."""
     author: str | None
     log_level: str
+    api_version: str = "auto"
+    """``v1``, ``v1alpha3``, or ``auto`` (the first answer tells)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -616,6 +631,7 @@ def _oci_location(settings: Settings, side: str) -> OciLocation:
         chunk_size=settings.destination_oci_chunk_size_mib * 1024 * 1024 if side == "destination" else 0,
         platform=settings.oci_platform,
         docker_config=docker_config,
+        cert_dir=settings.oci_cert_dir,
     )
 
 
@@ -673,6 +689,7 @@ def _registry(settings: Settings, environ: Mapping[str, str]) -> RegistryConfig:
         verify=_registry_verify(settings, environ, secure),
         author=settings.registry_author,
         log_level=settings.registry_log_level,
+        api_version=settings.registry_api_version,
     )
 
 

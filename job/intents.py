@@ -99,14 +99,22 @@ class IntentResult:
     digest: str | None = None
 
     def to_termination_message(self) -> dict[str, Any]:
-        """Upstream's termination-message JSON keys, plus ``uri`` and (when set) ``digest``."""
-        message: dict[str, Any] = {
-            "intent": str(self.intent),
-            "RegisteredModel.id": self.registered_model_id,
-            "ModelVersion.id": self.model_version_id,
-            "ModelArtifact.id": self.model_artifact_id,
-            "uri": self.uri,
-        }
+        """Upstream's termination-message JSON, plus ``uri`` and (when set) ``digest``.
+
+        Upstream's shape is nested, ``{"intent": ..., "RegisteredModel": {"id": "1"}, "ModelVersion": {"id":
+        "2"}, "ModelArtifact": {"id": "3"}}``, with each entity only when its id is known: the Kubeflow UI
+        backend reads it with Go's ``json.Unmarshal`` into ``RegisteredModel *struct{ID string}`` and the like
+        (kubeflow/hub ``clients/ui/bff/internal/repositories/model_transfer_jobs.go``).
+        """
+        message: dict[str, Any] = {"intent": str(self.intent)}
+        for key, entity_id in (
+            ("RegisteredModel", self.registered_model_id),
+            ("ModelVersion", self.model_version_id),
+            ("ModelArtifact", self.model_artifact_id),
+        ):
+            if entity_id:
+                message[key] = {"id": entity_id}
+        message["uri"] = self.uri
         if self.digest:
             message["digest"] = self.digest
         return message
@@ -216,6 +224,7 @@ async def _update_artifact(
     props = writable_custom_properties(artifact.get("customProperties"))
     previous_uri: str | None = artifact.get("uri") or None
     previous_state: str | None = artifact.get("state")
+    previous_storage_path: str | None = artifact.get("storagePath") or None
     recorded = _string_prop(props, MARKER_PREVIOUS_STATE)
     if previous_state == "PENDING" and recorded:
         previous_state = recorded  # a pod of a job died mid-transfer: the state before it is recorded
@@ -229,6 +238,8 @@ async def _update_artifact(
         changes: dict[str, Any] = {"customProperties": props}
         if previous_uri:
             changes["uri"] = previous_uri  # in case the LIVE PATCH landed but its answer was lost
+        if previous_storage_path:
+            changes["storagePath"] = previous_storage_path
         await registry.update_model_artifact(artifact_id, changes, state=restore_state)
         logger.info("model artifact %s restored to %s", artifact_id, restore_state)
 
@@ -240,9 +251,10 @@ async def _update_artifact(
         live.pop(MARKER_DIGEST, None)  # a digest from an earlier push would now be wrong
         if committed.digest:
             live[MARKER_DIGEST] = _string(committed.digest)
-        await registry.update_model_artifact(
-            artifact_id, {"uri": committed.uri, "customProperties": live}, state="LIVE"
-        )
+        update: dict[str, Any] = {"uri": committed.uri, "customProperties": live}
+        if committed.storage_path:
+            update["storagePath"] = committed.storage_path  # the old one named the previous location
+        await registry.update_model_artifact(artifact_id, update, state="LIVE")
     except BaseException as exc:
         limit = limits[1] if isinstance(exc, asyncio.CancelledError) else limits[0]
         await _cleanup(restore, f"model artifact {artifact_id}", limit)
@@ -305,7 +317,6 @@ async def _create(
     assert meta is not None  # validate_spec
     version_name = meta.model_version.name
     assert version_name is not None
-    artifact_name = meta.model_artifact.name or version_name  # what the Kubeflow UI does too
     marker = _job_marker(spec.job_id)
 
     # Preflight: every name we are about to take is free, or ours from an earlier attempt.
@@ -324,6 +335,10 @@ async def _create(
         model_id = _ids(spec)[0]
         assert model_id is not None  # validate_spec
         model = await registry.get_registered_model(model_id)
+        model_name = model.get("name")
+    # Upstream's fallback: the artifact is named after the registered model, which is what Kubeflow's
+    # Python client looks it up by (``ModelRegistry.get_model_artifact(model_name, version)``).
+    artifact_name = meta.model_artifact.name or str(model_name or version_name)
     version: Entity | None = None
     artifact: Entity | None = None
     if model is not None:
@@ -358,6 +373,8 @@ async def _create(
         version = await registry.create_model_version(model["id"], body)
     body = meta.model_artifact.create_body()
     body.update(name=artifact_name, uri=committed.uri)
+    if committed.storage_path and not body.get("storagePath"):
+        body["storagePath"] = committed.storage_path
     body["customProperties"] = {**body.get("customProperties", {}), **marker}
     if committed.digest:
         body["customProperties"][MARKER_DIGEST] = _string(committed.digest)

@@ -1,4 +1,7 @@
-"""Async client for the Kubeflow Model Registry REST API (v1alpha3): the calls model-sync needs, nothing more.
+"""Async client for the Kubeflow Model Registry REST API (v1 or v1alpha3): the calls model-sync needs, nothing more.
+
+Both API generations are spoken: the server's is found from the first answer (``api_version="auto"``) or
+forced (``MODEL_SYNC_REGISTRY_API_VERSION``).
 
 Entities are plain dicts in the REST (camelCase) shape. Behaviour follows the real Go server as described in
 ``/work/shared/reference/registry-rest-subset.md`` (cited as §n). Every non-2xx answer becomes
@@ -33,11 +36,14 @@ from job.logs import add_secrets
 from job.metadata import comparable_custom_properties, writable_custom_properties
 from job.retry import DEFAULT_ATTEMPTS, DEFAULT_INITIAL_WAIT, RetrySettings, is_retryable
 
-__all__ = ["API_PREFIX", "DEFAULT_TIMEOUT", "Entity", "ModelRegistryClient", "checked_id"]
+__all__ = ["API_PREFIXES", "API_VERSIONS", "DEFAULT_TIMEOUT", "Entity", "ModelRegistryClient", "checked_id"]
 
 logger = logging.getLogger(__name__)
 
-API_PREFIX = "/api/model_registry/v1alpha3"
+API_PREFIXES = {"v1": "/api/model_registry/v1", "v1alpha3": "/api/model_registry/v1alpha3"}
+"""The REST API's two generations: same bodies and paths below the prefix (kubeflow/hub issue 2992 moved
+the API to ``v1``; Kubeflow's client 0.3.15 and later speak only ``v1``, 0.3.14 only ``v1alpha3``)."""
+API_VERSIONS = ("auto", *API_PREFIXES)
 DEFAULT_TIMEOUT = httpx.Timeout(30.0, connect=10.0)
 PAGE_SIZE = 100  # items per list request
 _MAX_BODY_TEXT = 200  # characters of a plain-text error body kept in a message
@@ -135,10 +141,18 @@ class ModelRegistryClient:
         retry_initial_wait: float = DEFAULT_INITIAL_WAIT,
         transport: httpx.AsyncBaseTransport | None = None,
         retry: RetrySettings | None = None,
+        api_version: str = "auto",
     ) -> None:
         base = base_url.rstrip("/")
-        if not base.endswith(API_PREFIX):
-            base += API_PREFIX
+        for version, prefix in API_PREFIXES.items():
+            if base.endswith(prefix):  # the address names the API already: that generation, not doubled
+                base, api_version = base.removesuffix(prefix), version
+        if api_version not in API_VERSIONS:
+            raise ConfigError(
+                f"Model Registry API version must be one of {', '.join(API_VERSIONS)}, got {api_version!r}"
+            )
+        self._prefix: str | None = API_PREFIXES.get(api_version)
+        """The API prefix in use; None until the first answer tells (``auto``)."""
         headers = {"Accept": "application/json"}
         if token:
             headers["Authorization"] = f"Bearer {token}"
@@ -342,8 +356,10 @@ class ModelRegistryClient:
             raise self._error(what, exc.response) from exc
         except httpx.TransportError as exc:
             detail = self._redact(str(exc)) or "no detail"
+            origin = str(self._http.base_url).rstrip("/")
             raise ModelRegistryError(
-                f"{what}: {type(exc).__name__}: {detail} (after {self._attempts} attempts)"
+                f"{what}: cannot reach the Model Registry at {origin}: {type(exc).__name__}: {detail} "
+                f"(after {self._attempts} attempts)"
             ) from exc
         raise AssertionError("unreachable: the retry policy re-raises")  # pragma: no cover
 
@@ -352,12 +368,12 @@ class ModelRegistryClient:
     ) -> Entity:
         self._reload_token()
         started = time.monotonic()
-        response = await self._http.request(method, path, params=params, json=json)
+        response = await self._request(method, path, params=params, json=json)
         if response.status_code == 401 and self._reload_token(force=True):
             logger.info(
                 "the registry refused the token; sending %s %s again with the token file's new one", method, path
             )
-            response = await self._http.request(method, path, params=params, json=json)
+            response = await self._request(method, path, params=params, json=json)
         took, target = time.monotonic() - started, response.request.url.raw_path.decode()
         logger.debug("%s %s -> %d (%.3fs)", method, target, response.status_code, took)
         if response.is_success:
@@ -377,6 +393,26 @@ class ModelRegistryClient:
         raise httpx.HTTPStatusError(
             f"{response.status_code} from {method} {path}", request=response.request, response=response
         )
+
+    async def _request(self, method: str, path: str, *, params: Mapping[str, str] | None, json: Any) -> httpx.Response:
+        """Send one request under the API prefix in use. Until one is known (``auto``), try ``v1`` first and
+        fall back to ``v1alpha3`` when the server does not know the route: chi's plain-text 404, never the
+        JSON 404 of a missing entity (registry-rest-subset.md, intro). That costs nothing on a current server
+        and one request, once, on an older one; a route-less 404 commits nothing, so a POST is safe to resend.
+        """
+        if self._prefix is not None:
+            return await self._http.request(method, self._prefix + path, params=params, json=json)
+        response = await self._http.request(method, API_PREFIXES["v1"] + path, params=params, json=json)
+        if response.status_code == 404 and _error_body(response) is None:
+            older = await self._http.request(method, API_PREFIXES["v1alpha3"] + path, params=params, json=json)
+            if older.status_code == 404 and _error_body(older) is None:
+                return response  # neither generation: the caller's error says so
+            self._prefix = API_PREFIXES["v1alpha3"]
+            logger.info("the Model Registry serves the v1alpha3 API; using it")
+            return older
+        if response.status_code < 500 and response.status_code not in (401, 403):
+            self._prefix = API_PREFIXES["v1"]
+        return response
 
     def _reload_token(self, *, force: bool = False) -> bool:
         """Read the token file again if it changed (or if ``force``); True when the token is a new one.
@@ -413,7 +449,8 @@ class ModelRegistryClient:
             message = " ".join(response.text.split())[:_MAX_BODY_TEXT] or "(empty body)"
             if status == 404:
                 # chi's plain-text 404: no such route, so not a missing entity (registry-rest-subset.md intro).
-                message += f" (is the registry address right, and does it serve {API_PREFIX}?)"
+                served = self._prefix or " or ".join(API_PREFIXES.values())
+                message += f" (is the registry address right, and does it serve {served}?)"
         head = f"{status} {code}" if code else str(status)
         return ModelRegistryError(self._redact(f"{what}: {head}: {message}"), status=status, code=code)
 

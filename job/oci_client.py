@@ -8,7 +8,8 @@ fetched per scope set before each request needs them, and once more for the scop
 the registry's origin (never to a redirect target such as a presigned storage URL). Nothing logs tokens,
 ``Authorization`` headers or query strings.
 
-**TLS.** Verified by default; ``ca_bundle`` adds a CA to the system's. ``tls_verify=False`` behaves like
+**TLS.** Verified by default; ``ca_bundle`` and the registry's containers-certs.d directory under
+``cert_dir`` (``job.tls``) add CAs to the system's, and client certificates. ``tls_verify=False`` behaves like
 skopeo's ``--tls-verify=false``: https without verification, and plain http if https cannot connect.
 
 **Uploads stream.** ``POST /blobs/uploads/`` (``?mount=&from=`` for a blob in another repository: 201
@@ -43,7 +44,7 @@ import hashlib
 import json
 import logging
 import ssl
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,6 +57,7 @@ from job.errors import IntegrityError, ModelSyncError
 from job.oci_protocol import MANIFEST_ACCEPT, RegistryAuth, Scopes, Side, error_for, transport_error
 from job.retry import RetrySettings, is_retryable_status, log_before_sleep
 from job.streams import ChunkReader, describe
+from job.tls import registry_ssl_context, untrusted_hint
 
 __all__ = ["Manifest", "RegistryClient", "UploadSession", "sha256_digest"]
 
@@ -113,6 +115,8 @@ class RegistryClient:
         password: SecretStr | None = None,
         tls_verify: bool = True,
         ca_bundle: Path | None = None,
+        cert_dir: Path | None = None,
+        cert_names: Sequence[str] = (),
         side: Side = "destination",
         max_connections: int = 16,
         timeout: httpx.Timeout | None = None,
@@ -122,11 +126,10 @@ class RegistryClient:
         self.side: Side = side
         self.tls_verify = tls_verify
         self.retry = retry or RetrySettings()
+        self.cert_dir = cert_dir
         verify: ssl.SSLContext | bool = False
         if tls_verify:
-            verify = ssl.create_default_context()
-            if ca_bundle is not None:
-                verify.load_verify_locations(cafile=str(ca_bundle))
+            verify = registry_ssl_context(ca_bundle=ca_bundle, cert_dir=cert_dir, hosts=(registry, *cert_names))
         self._http = httpx.AsyncClient(
             verify=verify,
             timeout=timeout or self.retry.httpx_timeout(),
@@ -153,7 +156,8 @@ class RegistryClient:
     ) -> ModelSyncError:
         if response is not None:
             return error_for(self.side, what, response, has_login=self._auth.has_login)
-        return transport_error(self.side, what, exc)
+        ca_setting = f"MODEL_SYNC_{self.side.upper()}_OCI_CA_BUNDLE"
+        return transport_error(self.side, what, exc, untrusted=untrusted_hint(self.registry, self.cert_dir, ca_setting))
 
     async def _ensure_base(self) -> str:
         if self._base is None:

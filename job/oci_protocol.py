@@ -102,11 +102,16 @@ def error_for(side: Side, what: str, response: httpx.Response, *, has_login: boo
     return error
 
 
-def transport_error(side: Side, what: str, exc: BaseException | None) -> ModelSyncError:
-    """A failure without an answer (connection, TLS, timeout), or a plain message when ``exc`` is None."""
+def transport_error(
+    side: Side, what: str, exc: BaseException | None, *, untrusted: str | None = None
+) -> ModelSyncError:
+    """A failure without an answer (connection, TLS, timeout), or a plain message when ``exc`` is None.
+
+    ``untrusted``: what to say when the server's certificate did not verify (where a CA can go).
+    """
     message = what if exc is None else f"{what}: {describe(exc)}"
     if exc is not None and "CERTIFICATE_VERIFY_FAILED" in str(exc):
-        message += " (set the CA bundle, or turn TLS verification off)"
+        message += f" ({untrusted or 'set the CA bundle, or turn TLS verification off'})"
     error = SourceError(message) if side == "source" else DestinationError(message)
     error.retryable = exc is not None and is_retryable(exc) and not _tls_failure(exc)
     return error

@@ -150,6 +150,7 @@ async def sync(
         verify=reg.verify,
         author=reg.author,
         retry=plan.config.retry,
+        api_version=reg.api_version,
     )
     stop_cleanup = max(0.5, plan.config.stop_timeout * STOP_SHARE_REGISTRY)
     async with client:

@@ -401,7 +401,12 @@ def _map_s3_error(
     if isinstance(exc, NoCredentialsError | PartialCredentialsError):
         cls = SourceAuthError if source else DestinationAuthError
         return cls(message(f"no usable S3 credentials ({exc})"), uri=target, path=path)
-    if isinstance(exc, BotoConnectionError):
+    if isinstance(exc, BotoSSLError | aiohttp.ClientSSLError) and "CERTIFICATE_VERIFY_FAILED" in str(exc):
+        cause = (
+            "the endpoint's TLS certificate is not trusted: set AWS_CA_BUNDLE to the CA bundle that signed it "
+            f"({type(exc).__name__}: {exc})"
+        )
+    elif isinstance(exc, BotoConnectionError):
         cause = f"cannot connect to the endpoint ({type(exc).__name__}: {exc})"
     elif isinstance(exc, TimeoutError | asyncio.TimeoutError):
         cause = f"timed out ({type(exc).__name__})"

@@ -2,5 +2,30 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
+import pytest
+
+from tests.standin.model_registry import ModelRegistryStandin
+
 # Each server kind registers its fixtures from its own module.
-pytest_plugins: list[str] = ["tests.servers.s3", "tests.servers.registry", "tests.servers.http"]
+pytest_plugins: list[str] = [
+    "tests.servers.s3",
+    "tests.servers.registry",
+    "tests.servers.http",
+    "tests.servers.proxy",
+]
+
+
+@pytest.fixture(scope="session")
+def registry_standin() -> Iterator[ModelRegistryStandin]:
+    """One stand-in for the whole session, on a free port of 127.0.0.1, no token required.
+
+    It is shared: call ``registry_standin.reset()`` first in a test that needs an empty registry, ids
+    starting at 1, an empty request log or no pending faults. Useful attributes: ``.url``
+    (``http://127.0.0.1:PORT``), ``.api_url`` (plus ``/api/model_registry/v1alpha3``), ``.port``,
+    ``.requests`` / ``.calls(method, path_regex)``, ``.fail_next(...)``, ``.delay_next(...)``,
+    ``.require_token`` (set to a token to get 401s without it; set back to None after), ``.store.snapshot()``.
+    """
+    with ModelRegistryStandin() as standin:
+        yield standin

@@ -107,9 +107,9 @@ def main() -> int:
         step("Model Registry entries")
         api = httpx.Client(base_url=registry.api_url)
         for path in (
-            f"/registered_models/{result['RegisteredModel.id']}",
-            f"/model_versions/{result['ModelVersion.id']}",
-            f"/model_artifacts/{result['ModelArtifact.id']}",
+            f"/registered_models/{result['RegisteredModel']['id']}",
+            f"/model_versions/{result['ModelVersion']['id']}",
+            f"/model_artifacts/{result['ModelArtifact']['id']}",
         ):
             entity = api.get(path).json()
             shown = {k: entity[k] for k in ("id", "name", "state", "uri", "modelFormatName") if k in entity}

@@ -60,6 +60,9 @@ class Committed:
     uri: str
     digest: str | None = None
     """The manifest digest of an OCI image; ``None`` for S3."""
+    storage_path: str | None = None
+    """The artifact's ``storagePath`` where a serving layer needs it beside a storage key (the key prefix of
+    an S3 destination, as ModelMesh's ``storage: {key, path}`` takes it); ``None`` where the uri says all."""
 
 
 class Destination(Protocol):

@@ -126,6 +126,8 @@ class OciDestination:
             password=location.password,
             tls_verify=location.tls_verify,
             ca_bundle=location.ca_bundle,
+            cert_dir=location.cert_dir,
+            cert_names=(self.target.registry,),
             side="destination",
             max_connections=max_connections,
             retry=retry,
@@ -142,6 +144,8 @@ class OciDestination:
                 password=login.password if login else None,
                 tls_verify=location.tls_verify,
                 ca_bundle=location.ca_bundle,
+                cert_dir=location.cert_dir,
+                cert_names=(self.base_ref.registry,),
                 side="destination",
                 retry=retry,
             )

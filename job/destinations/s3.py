@@ -137,8 +137,17 @@ class S3Destination:
 
     @property
     def uri(self) -> str:
-        """``s3://bucket/prefix``: what ``commit`` returns."""
-        return s3_uri(self.bucket, self.prefix)
+        """``s3://bucket/prefix/``: what ``commit`` returns.
+
+        The trailing ``/`` matters to readers: KServe's storage initializer lists the uri as a plain key
+        prefix, so ``s3://out/demo`` would also pull ``demo-v2/...`` into the model.
+        """
+        return f"s3://{self.bucket}/{self.storage_path}"
+
+    @property
+    def storage_path(self) -> str:
+        """The key prefix every file is written under, ending in ``/`` (``""`` for the bucket root)."""
+        return f"{self.prefix}/" if self.prefix else ""
 
     def key_for(self, path: PurePosixPath | str) -> str:
         """The object key a file of the model is written to."""
@@ -428,8 +437,8 @@ class S3Destination:
         return True
 
     async def commit(self, uploaded: Sequence[Uploaded]) -> Committed:
-        """Nothing to publish: every object is complete once ``put`` returned. Returns ``s3://bucket/prefix``."""
-        return Committed(uri=self.uri)
+        """Nothing to publish: every object is complete once ``put`` returned. Returns ``s3://bucket/prefix/``."""
+        return Committed(uri=self.uri, storage_path=self.storage_path or None)
 
     async def abort(self) -> None:
         """Abort every multipart upload this destination created and did not finish. Never raises."""

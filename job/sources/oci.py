@@ -102,6 +102,8 @@ class OciSource:
             password=location.password,
             tls_verify=location.tls_verify,
             ca_bundle=location.ca_bundle,
+            cert_dir=location.cert_dir,
+            cert_names=(self.ref.registry,),
             side="source",
             max_connections=max_connections,
             retry=retry,

@@ -1,5 +1,5 @@
-"""Integration fixtures: the Model Registry stand-in (tests/standin/) as a real server on 127.0.0.1, and a
-fault-injecting proxy (tests/servers/faultproxy.py) in front of each kind of server."""
+"""Integration fixtures: a fault-injecting proxy (tests/servers/faultproxy.py) in front of each kind of server.
+The Model Registry stand-in fixture is in tests/conftest.py."""
 
 from __future__ import annotations
 
@@ -12,20 +12,6 @@ from tests.servers.http import HttpTestServer
 from tests.servers.registry import Registry
 from tests.servers.s3 import S3Server
 from tests.standin.model_registry import ModelRegistryStandin
-
-
-@pytest.fixture(scope="session")
-def registry_standin() -> Iterator[ModelRegistryStandin]:
-    """One stand-in for the whole session, on a free port of 127.0.0.1, no token required.
-
-    It is shared: call ``registry_standin.reset()`` first in a test that needs an empty registry, ids
-    starting at 1, an empty request log or no pending faults. Useful attributes: ``.url``
-    (``http://127.0.0.1:PORT``), ``.api_url`` (plus ``/api/model_registry/v1alpha3``), ``.port``,
-    ``.requests`` / ``.calls(method, path_regex)``, ``.fail_next(...)``, ``.delay_next(...)``,
-    ``.require_token`` (set to a token to get 401s without it; set back to None after), ``.store.snapshot()``.
-    """
-    with ModelRegistryStandin() as standin:
-        yield standin
 
 
 @pytest.fixture(scope="session")

@@ -189,9 +189,9 @@ def test_termination_message_on_success_is_upstream_json(tmp_path: Path) -> None
     doc = result.to_termination_message()
     assert json.loads(json.dumps(doc)) == {
         "intent": "create_model",
-        "RegisteredModel.id": "1",
-        "ModelVersion.id": "2",
-        "ModelArtifact.id": "3",
+        "RegisteredModel": {"id": "1"},
+        "ModelVersion": {"id": "2"},
+        "ModelArtifact": {"id": "3"},
         "uri": "oci://r/m:v1",
         "digest": "sha256:abc",
     }

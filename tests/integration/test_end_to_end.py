@@ -155,7 +155,7 @@ def s3_destination(stack: Stack) -> tuple[dict[str, str], Callable[[str], dict[s
            "MODEL_SYNC_DESTINATION_AWS_KEY": "published/m", **s3_env("DESTINATION", stack.s3)}  # fmt: skip
 
     def read(uri: str) -> dict[str, bytes]:
-        assert uri == f"s3://{bucket}/published/m"
+        assert uri == f"s3://{bucket}/published/m/"
         client = stack.s3.client()
         keys = [o["Key"] for o in client.list_objects_v2(Bucket=bucket).get("Contents", [])]
         return {k.removeprefix("published/m/"): client.get_object(Bucket=bucket, Key=k)["Body"].read() for k in keys}
@@ -249,14 +249,14 @@ def test_route_with_intent(stack: Stack, source: str, destination: str, intent: 
     assert code == 0, stderr[-3000:]
     result = json.loads(message)
     assert result["intent"] == intent
-    artifact = httpx.get(f"{stack.registry.api_url}/model_artifacts/{result['ModelArtifact.id']}").json()
+    artifact = httpx.get(f"{stack.registry.api_url}/model_artifacts/{result['ModelArtifact']['id']}").json()
     assert artifact["state"] == "LIVE"
     assert artifact["uri"] == result["uri"]
     if destination.startswith("oci"):
         assert result["digest"].startswith("sha256:")
         assert artifact["customProperties"]["model_sync.digest"]["string_value"] == result["digest"]
     if intent != "update_artifact":
-        version = httpx.get(f"{stack.registry.api_url}/model_versions/{result['ModelVersion.id']}").json()
+        version = httpx.get(f"{stack.registry.api_url}/model_versions/{result['ModelVersion']['id']}").json()
         assert version["state"] == "LIVE"
     assert read_back(result["uri"]) == model
     summary = [line for line in stderr.splitlines() if "job.pipeline: done: " in line]

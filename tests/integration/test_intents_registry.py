@@ -134,7 +134,7 @@ async def test_create_model_end_to_end(
     }
     assert ma["state"] == "LIVE" and ma["uri"] == PUSHED.uri
     assert (ma["name"], ma["modelFormatName"], ma["modelFormatVersion"], ma["storageKey"]) == (
-        "1.0.0",
+        rm["name"],  # no ModelArtifact.name: upstream's fallback, the registered model's name
         "onnx",
         "1.0",
         "s3-connection",
@@ -147,9 +147,9 @@ async def test_create_model_end_to_end(
     assert [a["id"] for a in await registry.list_model_artifacts(mv["id"])] == [ma["id"]]
     assert result.to_termination_message() == {
         "intent": "create_model",
-        "RegisteredModel.id": rm["id"],
-        "ModelVersion.id": mv["id"],
-        "ModelArtifact.id": ma["id"],
+        "RegisteredModel": {"id": rm["id"]},
+        "ModelVersion": {"id": mv["id"]},
+        "ModelArtifact": {"id": ma["id"]},
         "uri": PUSHED.uri,
         "digest": DIGEST,
     }

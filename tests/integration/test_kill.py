@@ -118,7 +118,7 @@ def assert_converged(stack: Stack, name: str, run: Run) -> None:
     assert (len(models), len(versions), len(artifacts)) == (1, 1, 1), (models, versions, artifacts)
     assert versions[0]["state"] == "LIVE" and artifacts[0]["state"] == "LIVE"
     assert artifacts[0]["uri"] == run.result()["uri"]
-    assert run.result()["ModelArtifact.id"] == artifacts[0]["id"]
+    assert run.result()["ModelArtifact"]["id"] == artifacts[0]["id"]
 
 
 def kill_when(rule: Rule, proc: subprocess.Popen[str], sig: signal.Signals) -> float:
@@ -175,7 +175,7 @@ def test_sigkill_of_update_artifact_leaves_it_pending_and_the_rerun_makes_it_liv
 
     rerun = run_job(env, stack.tmp)
     artifact = get_artifact(stack.registry.api_url, artifact_id)
-    assert artifact["state"] == "LIVE" and artifact["uri"] == rerun.result()["uri"] == f"s3://{bucket}/out/m"
+    assert artifact["state"] == "LIVE" and artifact["uri"] == rerun.result()["uri"] == f"s3://{bucket}/out/m/"
     assert "model_sync.previous_state" not in artifact["customProperties"]
     assert read_s3(stack.s3, bucket, "out/m") == MODEL
     assert open_uploads(stack.s3, bucket) == []

@@ -115,7 +115,7 @@ async def test_update_artifact_pending_during_transfer_then_live(
     assert seen == ["PENDING"]
     after = await api(registry, f"/model_artifacts/{artifact_id}")
     assert (after["state"], after["uri"]) == ("LIVE", "s3://b/m")
-    assert result.to_termination_message()["ModelArtifact.id"] == artifact_id
+    assert result.to_termination_message()["ModelArtifact"]["id"] == artifact_id
 
 
 async def test_failed_transfer_leaves_no_pending_artifact(registry: ModelRegistryStandin, tmp_path: Path) -> None:

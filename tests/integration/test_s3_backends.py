@@ -113,7 +113,7 @@ async def test_model_round_trips_through_the_engine(
 
     result = await transfer(source, destination, TransferSettings(parallel_files=2, parallel_parts=2, part_size=PART))
 
-    assert result.committed.uri == f"s3://{dst_bucket}/copies/m"
+    assert result.committed.uri == f"s3://{dst_bucket}/copies/m/"
     assert result.committed.digest is None
     assert read_tree(dst_server, dst_bucket, "copies/m/") == MODEL
     by_path = {str(u.obj.path): u for u in result.uploaded}

@@ -284,7 +284,7 @@ async def test_tar_gz_into_s3(http_server: HttpTestServer, seaweedfs_s3: S3Serve
     )
     src = source(http_server.url("/files/archives/model.tar.gz"), tmp_path)
     result = await transfer(src, S3Destination(location), TransferSettings(parallel_files=2))
-    assert result.committed.uri == f"s3://{bucket}/models/tiny"
+    assert result.committed.uri == f"s3://{bucket}/models/tiny/"
     client = seaweedfs_s3.client()
     stored = {
         item["Key"].removeprefix("models/tiny/"): client.get_object(Bucket=bucket, Key=item["Key"])["Body"].read()

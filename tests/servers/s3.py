@@ -55,6 +55,8 @@ class S3Server:
     secret_key: str
     buckets: tuple[str, ...] = ()
     log_path: Path | None = field(default=None, compare=False)
+    ca_bundle: Path | None = None
+    """The CA that signed an https endpoint's certificate (``None`` for http)."""
 
     def client(
         self, *, access_key: str | None = None, secret_key: str | None = None, timeout: float = 30.0, attempts: int = 2
@@ -68,6 +70,7 @@ class S3Server:
         client = boto3.client(
             "s3",
             endpoint_url=self.endpoint_url,
+            verify=str(self.ca_bundle) if self.ca_bundle else None,
             aws_access_key_id=access_key or self.access_key,
             aws_secret_access_key=secret_key or self.secret_key,
             region_name="us-east-1",
@@ -206,8 +209,11 @@ def _remove_sockets(ports: Iterable[int]) -> None:
 
 
 @contextlib.contextmanager
-def moto_server(buckets: Sequence[str] = ("dst",)) -> Iterator[S3Server]:
-    """Run ``moto_server -H 127.0.0.1 -p PORT`` and create ``buckets``. Accepts any credentials."""
+def moto_server(buckets: Sequence[str] = ("dst",), *, tls: tuple[Path, Path] | None = None) -> Iterator[S3Server]:
+    """Run ``moto_server -H 127.0.0.1 -p PORT`` and create ``buckets``. Accepts any credentials.
+
+    ``tls``: ``(certificate, key)`` to serve https with; the certificate is then the endpoint's CA bundle.
+    """
     moto = _find_executable("moto_server")
     if moto is None:
         server_unavailable("moto server", "`moto_server` is not installed (pip install 'moto[server]>=5')")
@@ -216,14 +222,18 @@ def moto_server(buckets: Sequence[str] = ("dst",)) -> Iterator[S3Server]:
         port = free_port()
         server = S3Server(
             name="moto",
-            endpoint_url=f"http://127.0.0.1:{port}",
+            endpoint_url=f"{'https' if tls else 'http'}://127.0.0.1:{port}",
             access_key="moto-test-key",
             secret_key="moto-test-secret",
             buckets=tuple(buckets),
             log_path=log_path,
+            ca_bundle=tls[0] if tls else None,
         )
+        args = [moto, "-H", "127.0.0.1", "-p", str(port)]
+        if tls:
+            args += ["-c", str(tls[0]), "-k", str(tls[1])]
         with open(log_path, "wb") as log:
-            proc = subprocess.Popen([moto, "-H", "127.0.0.1", "-p", str(port)], cwd=tmp, stdout=log, stderr=log)
+            proc = subprocess.Popen(args, cwd=tmp, stdout=log, stderr=log)
         try:
             started = time.monotonic()
             why = _wait_for_s3(dataclasses.replace(server, buckets=()), proc, port, START_TIMEOUT)

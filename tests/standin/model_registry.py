@@ -1,7 +1,7 @@
-"""A stand-in for the Kubeflow Model Registry REST server (v1alpha3), for tests and the demo.
+"""A stand-in for the Kubeflow Model Registry REST server (v1 and v1alpha3), for tests and the demo.
 
-It follows the official spec (/work/shared/reference/model-registry.openapi.yaml) and, where the real server
-differs, the real server as documented in /work/shared/reference/registry-rest-subset.md ("§N" below).
+It follows the official spec (tests/standin/spec/model-registry.v1alpha3.openapi.yaml) and, where the real
+server differs, the real server as documented in tests/standin/BEHAVIOURS.md ("§N" below).
 Stdlib only. Run it in the foreground::
 
     poetry run python -m tests.standin.model_registry --host 127.0.0.1 --port 8080 [--require-token T]
@@ -26,9 +26,14 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from tests.standin.registry_core import JSON, ApiError, OpRequest, RegistryStore, go_json, parse_body
 
-__all__ = ["BASE_PATH", "ModelRegistryStandin", "RecordedRequest", "main"]
+__all__ = ["BASE_PATH", "BASE_PATHS", "ModelRegistryStandin", "RecordedRequest", "main"]
 
-BASE_PATH = "/api/model_registry/v1alpha3"
+BASE_PATHS = {"v1alpha3": "/api/model_registry/v1alpha3", "v1": "/api/model_registry/v1"}
+"""The two API generations: the same routes and bodies under another prefix (kubeflow/hub issue 2992). A
+stand-in serves both unless told otherwise, as a server in the middle of that move would; one started with
+a single generation answers the other's paths with chi's plain-text 404, as a real server of that
+generation does."""
+BASE_PATH = BASE_PATHS["v1alpha3"]
 _JSON_TYPE = "application/json; charset=UTF-8"
 _TEXT_TYPE = "text/plain; charset=utf-8"
 _ID = r"(?P<id>[^/]+)"
@@ -61,7 +66,10 @@ _ROUTES: tuple[tuple[str, str, str, bool], ...] = (
     ("PATCH", f"/artifacts/{_ID}", "update_artifact", True),
     ("GET", "/artifact", "find_artifact", False),
 )
-_COMPILED = tuple((m, re.compile(re.escape(BASE_PATH) + p + r"\Z"), op, b) for m, p, op, b in _ROUTES)
+_COMPILED = {
+    version: tuple((m, re.compile(re.escape(base) + p + r"\Z"), op, b) for m, p, op, b in _ROUTES)
+    for version, base in BASE_PATHS.items()
+}
 
 
 class RecordedRequest(NamedTuple):
@@ -168,9 +176,22 @@ class ModelRegistryStandin:
     """
 
     def __init__(
-        self, host: str = "127.0.0.1", port: int = 0, *, require_token: str | None = None, log_requests: bool = False
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        require_token: str | None = None,
+        log_requests: bool = False,
+        api_versions: Sequence[str] = tuple(BASE_PATHS),
     ) -> None:
-        """Configure the server; nothing listens before :meth:`start` (or :meth:`serve_forever`)."""
+        """Configure the server; nothing listens before :meth:`start` (or :meth:`serve_forever`).
+
+        ``api_versions``: the API generations served (``v1alpha3``, ``v1``; both by default).
+        """
+        unknown = set(api_versions) - set(BASE_PATHS)
+        if unknown or not api_versions:
+            raise ValueError(f"api_versions must be some of {', '.join(BASE_PATHS)}, got {list(api_versions)}")
+        self.api_versions = tuple(api_versions)
         self.host, self._port = host, port
         self.require_token = require_token
         self.log_requests = log_requests
@@ -244,8 +265,13 @@ class ModelRegistryStandin:
 
     @property
     def api_url(self) -> str:
-        """:attr:`url` plus the base path ``/api/model_registry/v1alpha3``."""
-        return self.url + BASE_PATH
+        """:attr:`url` plus the base path of the first generation served (``/api/model_registry/v1alpha3``
+        by default)."""
+        return self.api_url_for(self.api_versions[0])
+
+    def api_url_for(self, version: str) -> str:
+        """:attr:`url` plus the base path of API generation ``version`` (``v1`` or ``v1alpha3``)."""
+        return self.url + BASE_PATHS[version]
 
     # -- test API ------------------------------------------------------------------------------------------
 
@@ -374,7 +400,8 @@ class ModelRegistryStandin:
         if b"\x00" in raw or b"\\u0000" in raw:
             raise ApiError(400, "Request body contains null bytes which are not allowed")
         allowed = []
-        for route_method, pattern, op, has_body in _COMPILED:
+        routes = (route for version in self.api_versions for route in _COMPILED[version])
+        for route_method, pattern, op, has_body in routes:
             match = pattern.match(path)
             if match is None:
                 continue
@@ -404,11 +431,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=8080, help="port (default 8080, 0 = any free port)")
     parser.add_argument("--require-token", metavar="TOKEN", help="answer 401 unless 'Authorization: Bearer TOKEN'")
     parser.add_argument("--quiet", action="store_true", help="do not log requests")
+    parser.add_argument(
+        "--api-version",
+        action="append",
+        choices=tuple(BASE_PATHS),
+        help="serve only this API generation (repeatable; default: both v1alpha3 and v1)",
+    )
     args = parser.parse_args(argv)
-    standin = ModelRegistryStandin(args.host, args.port, require_token=args.require_token, log_requests=not args.quiet)
+    standin = ModelRegistryStandin(
+        args.host,
+        args.port,
+        require_token=args.require_token,
+        log_requests=not args.quiet,
+        api_versions=args.api_version or tuple(BASE_PATHS),
+    )
     signal.signal(signal.SIGTERM, _stop_on_signal)
     standin._bind()
-    print(f"model registry stand-in listening on {standin.url}{BASE_PATH}", file=sys.stderr, flush=True)
+    served = " and ".join(standin.api_url_for(v) for v in standin.api_versions)
+    print(f"model registry stand-in listening on {served}", file=sys.stderr, flush=True)
     try:
         standin.serve_forever()
     except KeyboardInterrupt:

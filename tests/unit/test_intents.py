@@ -27,7 +27,7 @@ from job.metadata import ModelArtifactMeta, ModelMetadata, ModelVersionMeta, Reg
 from job.model_registry import ModelRegistryClient
 
 BASE = "http://registry.test"
-PREFIX = "/api/model_registry/v1alpha3"
+PREFIX = "/api/model_registry/v1"
 JOB = "job-uid-1"
 DIGEST = "sha256:" + "ab" * 32
 NEW = Committed(uri="oci://quay.io/org/model:1", digest=DIGEST)
@@ -155,16 +155,22 @@ def test_validate_spec_accepts_complete_specs(spec: IntentSpec) -> None:
 
 
 def test_termination_message() -> None:
-    result = IntentResult(Intent.CREATE_MODEL, "1", "2", "3", "s3://b/k", None)
+    """Upstream's nested shape, which the Kubeflow UI backend parses (tests/consumers run its Go struct)."""
+    result = IntentResult(Intent.CREATE_MODEL, "1", "2", "3", "s3://b/k/", None)
     assert result.to_termination_message() == {
         "intent": "create_model",
-        "RegisteredModel.id": "1",
-        "ModelVersion.id": "2",
-        "ModelArtifact.id": "3",
-        "uri": "s3://b/k",
+        "RegisteredModel": {"id": "1"},
+        "ModelVersion": {"id": "2"},
+        "ModelArtifact": {"id": "3"},
+        "uri": "s3://b/k/",
     }
     with_digest = IntentResult(Intent.UPDATE_ARTIFACT, None, None, "3", NEW.uri, NEW.digest)
-    assert with_digest.to_termination_message()["digest"] == NEW.digest
+    assert with_digest.to_termination_message() == {
+        "intent": "update_artifact",
+        "ModelArtifact": {"id": "3"},  # each entity only when its id is known
+        "uri": NEW.uri,
+        "digest": NEW.digest,
+    }
 
 
 # -- update_artifact -----------------------------------------------------------------------------------
@@ -227,12 +233,52 @@ async def test_update_artifact_without_digest_drops_a_stale_one(
     patch = api.patch("/model_artifacts/7").respond(json={"id": "7"})
 
     async def to_s3() -> Committed:
-        return Committed("s3://bucket/models/m")
+        return Committed("s3://bucket/models/m/", storage_path="models/m/")
 
     result = await run_intent(IntentSpec(Intent.UPDATE_ARTIFACT, model_artifact_id="7"), registry, to_s3)
     live = bodies(patch)[-1]
-    assert live == {"state": "LIVE", "uri": "s3://bucket/models/m", "customProperties": {}}
+    assert live == {
+        "state": "LIVE",
+        "uri": "s3://bucket/models/m/",
+        "storagePath": "models/m/",  # the previous one named the old location
+        "customProperties": {},
+    }
     assert result.digest is None and result.registered_model_id is None
+
+
+async def test_update_artifact_failure_restores_the_storage_path(
+    api: respx.MockRouter, registry: ModelRegistryClient
+) -> None:
+    api.get("/model_artifacts/7").respond(json=artifact() | {"storagePath": "old/"})
+    patch = api.patch("/model_artifacts/7").mock(side_effect=[httpx.Response(200, json={"id": "7"})] * 3)
+
+    async def lost_answer() -> Committed:
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError):
+        await run_intent(IntentSpec(Intent.UPDATE_ARTIFACT, model_artifact_id="7"), registry, lost_answer)
+    restore = bodies(patch)[-1]
+    assert restore["state"] == "LIVE" and restore["storagePath"] == "old/" and restore["uri"] == "s3://old/model"
+
+
+async def test_create_records_the_storage_path_unless_the_configmap_set_one(
+    api: respx.MockRouter, registry: ModelRegistryClient
+) -> None:
+    async def to_s3() -> Committed:
+        return Committed("s3://bucket/models/m/", storage_path="models/m/")
+
+    for given, recorded in ((None, "models/m/"), ("custom/", "custom/")):
+        api.reset()
+        api.get("/registered_model").mock(return_value=not_found())
+        _, _, ma = create_routes(api)
+        meta = ModelMetadata(
+            registered_model=RegisteredModelMeta(name="m"),
+            model_version=ModelVersionMeta(name="v1"),
+            model_artifact=ModelArtifactMeta(storage_key="s3-conn", storage_path=given),
+        )
+        await run_intent(IntentSpec(Intent.CREATE_MODEL, metadata=meta), registry, to_s3)
+        body = bodies(ma)[-1]
+        assert (body["storageKey"], body["storagePath"], body["uri"]) == ("s3-conn", recorded, "s3://bucket/models/m/")
 
 
 async def test_update_artifact_missing_artifact(api: respx.MockRouter, registry: ModelRegistryClient) -> None:
@@ -403,7 +449,7 @@ def mine(entity_id: str, name: str, job: str | None = JOB, **extra: Any) -> dict
 def create_routes(api: respx.MockRouter) -> tuple[respx.Route, respx.Route, respx.Route]:
     rm = api.post("/registered_models").respond(201, json={"id": "1", "name": "m"})
     mv = api.post("/registered_models/1/versions").respond(201, json={"id": "2", "name": "v1"})
-    ma = api.post("/model_versions/2/artifacts").respond(201, json={"id": "3", "name": "v1"})
+    ma = api.post("/model_versions/2/artifacts").respond(201, json={"id": "3", "name": "m"})
     return rm, mv, ma
 
 
@@ -435,7 +481,7 @@ async def test_create_model_request_sequence(api: respx.MockRouter, registry: Mo
         {
             "modelFormatName": "onnx",
             "modelFormatVersion": "1",
-            "name": "v1",  # defaults to the version name
+            "name": "m",  # upstream's fallback: the registered model's name
             "uri": NEW.uri,
             "customProperties": {**marker, MARKER_DIGEST: s(DIGEST)},
             "state": "LIVE",
@@ -488,8 +534,8 @@ async def test_create_model_without_job_id_cannot_reuse(api: respx.MockRouter, r
 async def test_rerun_after_full_success_reuses_everything(api: respx.MockRouter, registry: ModelRegistryClient) -> None:
     api.get("/registered_model").respond(json=mine("1", "m"))
     api.get("/model_version", params={"name": "v1", "parentResourceId": "1"}).respond(json=mine("2", "v1"))
-    api.get("/model_artifact", params={"name": "v1", "parentResourceId": "2"}).respond(
-        json=mine("3", "v1", state="LIVE", uri=NEW.uri)
+    api.get("/model_artifact", params={"name": "m", "parentResourceId": "2"}).respond(
+        json=mine("3", "m", state="LIVE", uri=NEW.uri)
     )
     patch = api.patch("/model_artifacts/3").respond(json={"id": "3"})
     transfer = Transfer(api)
@@ -529,9 +575,9 @@ async def test_rerun_with_a_foreign_artifact_in_our_version_fails_before_transfe
 ) -> None:
     api.get("/registered_model").respond(json=mine("1", "m"))
     api.get("/model_version").respond(json=mine("2", "v1"))
-    api.get("/model_artifact").respond(json=mine("3", "v1", job=None))
+    api.get("/model_artifact").respond(json=mine("3", "m", job=None))
     transfer = Transfer(api)
-    with pytest.raises(ModelRegistryError, match=r"model artifact 'v1' of model version 2 already exists \(id 3\)"):
+    with pytest.raises(ModelRegistryError, match=r"model artifact 'm' of model version 2 already exists \(id 3\)"):
         await run_intent(CREATE, registry, transfer)
     assert transfer.count == 0
 
@@ -577,6 +623,7 @@ async def test_create_version_request_sequence(api: respx.MockRouter, registry: 
     assert transfer.calls_before == calls(api)[:2]
     assert bodies(mv)[0]["customProperties"][MARKER_JOB_ID] == s(JOB)
     assert bodies(ma)[0]["state"] == "LIVE"
+    assert bodies(ma)[0]["name"] == "someone's model"  # no ModelArtifact.name: the registered model's name
     assert result == IntentResult(Intent.CREATE_VERSION, "1", "2", "3", NEW.uri, NEW.digest)
 
 

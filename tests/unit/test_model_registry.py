@@ -19,7 +19,7 @@ from job.model_registry import ModelRegistryClient, _stat_key
 from job.retry import WaitRetryAfter, is_retryable, retry_after
 
 BASE = "http://registry.test"
-PREFIX = "/api/model_registry/v1alpha3"
+PREFIX = "/api/model_registry/v1"
 TOKEN = "tok-3f9a-secret"
 
 
@@ -150,13 +150,65 @@ async def test_find_returns_none_on_the_servers_json_404(api: respx.MockRouter, 
     assert await client.find_registered_model("x") is None
 
 
-async def test_plain_text_404_is_a_wrong_address_not_a_missing_entity(
-    api: respx.MockRouter, client: ModelRegistryClient
-) -> None:
-    api.get("/registered_model").respond(404, text="404 page not found\n")
-    with pytest.raises(ModelRegistryError) as info:
-        await client.find_registered_model("x")
+async def test_plain_text_404_is_a_wrong_address_not_a_missing_entity(client: ModelRegistryClient) -> None:
+    with respx.mock(base_url=BASE, assert_all_called=True) as router:
+        for prefix in (PREFIX, "/api/model_registry/v1alpha3"):  # neither generation serves it
+            router.get(f"{prefix}/registered_model").respond(404, text="404 page not found\n")
+        with pytest.raises(ModelRegistryError) as info:
+            await client.find_registered_model("x")
     assert str(info.value).startswith("looking up registered model 'x': 404 Not Found: 404 page not found (is the")
+    assert "does it serve /api/model_registry/v1 or /api/model_registry/v1alpha3?" in str(info.value)
+
+
+# -- API generations: v1 (current servers) and v1alpha3 (older ones) ----------------------------------------
+
+OLD = "/api/model_registry/v1alpha3"
+
+
+async def test_auto_uses_v1_when_the_server_serves_it(api: respx.MockRouter, client: ModelRegistryClient) -> None:
+    api.get("/registered_model").respond(404, json={"code": "Not Found", "message": "no registered model found"})
+    api.get("/registered_models/1").respond(json={"id": "1"})
+    assert await client.find_registered_model("x") is None  # a JSON 404: the route exists, the entity does not
+    await client.get_registered_model("1")
+    assert [str(c.request.url.path) for c in api.calls] == [
+        f"{PREFIX}/registered_model",
+        f"{PREFIX}/registered_models/1",
+    ]
+
+
+async def test_auto_falls_back_to_v1alpha3_once() -> None:
+    with respx.mock(base_url=BASE, assert_all_called=True) as router:
+        v1 = router.get(f"{PREFIX}/registered_models/1").respond(404, text="404 page not found\n")
+        old_get = router.get(f"{OLD}/registered_models/1").respond(json={"id": "1"})
+        old_post = router.post(f"{OLD}/registered_models").respond(201, json={"id": "2", "name": "m"})
+        async with ModelRegistryClient(BASE, token=None) as c:
+            assert await c.get_registered_model("1") == {"id": "1"}
+            assert await c.create_registered_model({"name": "m"}) == {"id": "2", "name": "m"}
+    assert (v1.call_count, old_get.call_count, old_post.call_count) == (1, 1, 1)  # v1 asked once, not per call
+
+
+@pytest.mark.parametrize(("version", "prefix"), [("v1", PREFIX), ("v1alpha3", OLD)])
+async def test_a_forced_api_version_is_the_only_one_asked(version: str, prefix: str) -> None:
+    with respx.mock(base_url=BASE, assert_all_called=True) as router:
+        route = router.get(f"{prefix}/registered_models/1").respond(404, text="404 page not found\n")
+        async with ModelRegistryClient(BASE, token=None, api_version=version, retry_attempts=1) as c:
+            with pytest.raises(ModelRegistryError, match=f"does it serve {prefix}\\?"):
+                await c.get_registered_model("1")
+    assert route.call_count == 1
+
+
+@pytest.mark.parametrize("prefix", [PREFIX, OLD])
+async def test_an_address_that_names_the_api_picks_that_generation(prefix: str) -> None:
+    with respx.mock(base_url=BASE, assert_all_called=True) as router:
+        route = router.get(f"{prefix}/registered_models/1").respond(json={"id": "1"})
+        async with ModelRegistryClient(BASE + prefix + "/", token=None) as c:
+            await c.get_registered_model("1")
+    assert route.call_count == 1
+
+
+def test_an_unknown_api_version_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="Model Registry API version must be one of auto, v1, v1alpha3"):
+        ModelRegistryClient(BASE, token=None, api_version="v2")
 
 
 async def test_create_model_version_fills_parent_and_default_author(api: respx.MockRouter) -> None:
@@ -289,7 +341,7 @@ async def test_token_never_in_messages_or_logs(
     assert TOKEN not in str(info.value)
     assert "***" in str(info.value)
     assert TOKEN not in caplog.text
-    assert "GET /api/model_registry/v1alpha3/registered_models/1 -> 503" in caplog.text
+    assert "GET /api/model_registry/v1/registered_models/1 -> 503" in caplog.text
 
 
 # -- retries -------------------------------------------------------------------------------------------
@@ -345,7 +397,8 @@ async def test_transport_failure_after_all_attempts(api: respx.MockRouter, clien
     with pytest.raises(ModelRegistryError) as info:
         await client.get_model_artifact("7")
     assert str(info.value) == (
-        "getting model artifact 7: ConnectError: All connection attempts failed (after 3 attempts)"
+        "getting model artifact 7: cannot reach the Model Registry at http://registry.test: "
+        "ConnectError: All connection attempts failed (after 3 attempts)"
     )
     assert info.value.status is None
 

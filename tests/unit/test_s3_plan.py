@@ -173,9 +173,10 @@ async def test_from_config_reads_its_side_and_the_engine_limits() -> None:
 
 def test_destination_uri_and_keys() -> None:
     dest = S3Destination(location("models/m/"))
-    assert dest.uri == "s3://bkt/models/m"
+    assert dest.uri == "s3://bkt/models/m/"
     assert dest.key_for(PurePosixPath("sub/config.json")) == "models/m/sub/config.json"
-    assert S3Destination(location("")).uri == "s3://bkt"
+    assert S3Destination(location("")).uri == "s3://bkt/"
+    assert S3Destination(location("models/m")).uri == "s3://bkt/models/m/"  # a tree, never a bare prefix
     assert s3_uri("b", "") == "s3://b"
 
 
