@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Literal, NoReturn
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
@@ -36,7 +36,15 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
-from job.credentials import DockerConfig, read_docker_config, read_s3_secret, read_uri_headers, read_uri_secret
+from job.credentials import (
+    DockerConfig,
+    header_value,
+    read_docker_config,
+    read_s3_secret,
+    read_uri_headers,
+    read_uri_secret,
+    secret_value,
+)
 from job.errors import ConfigError
 from job.retry import RetrySettings
 from job.tls import DEFAULT_CERTS_DIR
@@ -258,6 +266,29 @@ class Settings(BaseSettings):
     termination_message_path: Path = Field(
         Path("/dev/termination-log"), description="Where Kubernetes reads the termination message."
     )
+
+    @field_validator(
+        "source_aws_access_key_id",
+        "source_aws_secret_access_key",
+        "source_oci_password",
+        "destination_aws_access_key_id",
+        "destination_aws_secret_access_key",
+        "destination_oci_password",
+        "registry_user_token",
+        mode="before",
+    )
+    @classmethod
+    def _secret(cls, value: object, info: ValidationInfo) -> object:
+        # Stripped and checked as they are read, whichever layer gave them (see credentials.secret_value).
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        if not isinstance(value, str):
+            return value
+        check = header_value if info.field_name == "registry_user_token" else secret_value
+        try:
+            return check(value, "value")
+        except ConfigError as exc:
+            raise ValueError(str(exc).removeprefix("value: ")) from None
 
     @field_validator("log_level", "registry_log_level", mode="before")
     @classmethod
@@ -654,12 +685,13 @@ def _source(settings: Settings, environ: Mapping[str, str]) -> S3Location | UriL
                 if headers_dir
                 else {}
             )
-            hf_token = environ.get("HF_TOKEN") or environ.get("HUGGING_FACE_HUB_TOKEN")
+            hf_name = "HF_TOKEN" if environ.get("HF_TOKEN") else "HUGGING_FACE_HUB_TOKEN"
+            hf_token = environ.get(hf_name, "").strip()
             return UriLocation(
                 uri,
                 headers=headers,
                 hf_endpoint=(environ.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/"),
-                hf_token=SecretStr(hf_token) if hf_token else None,
+                hf_token=header_value(hf_token, f"env var {hf_name}") if hf_token else None,
             )
         case "pvc":
             path = _require(settings, "source_path", "source-type is pvc: the mounted file or directory")
@@ -705,8 +737,9 @@ def _registry_token(settings: Settings, environ: Mapping[str, str]) -> tuple[Sec
                 f"invalid setting {setting_name('registry_user_token_envvar')}: env var {envvar} is not set"
             )
         # Kubeflow's client reads a token *file path* from this env var; accept a path or the token itself.
+        value = value.strip()
         if not value.startswith("/"):
-            return SecretStr(value), None
+            return header_value(value, f"{setting_name('registry_user_token_envvar')}: env var {envvar}"), None
         return _read_token_file(Path(value), f"env var {envvar}"), Path(value)
     if DEFAULT_USER_TOKEN_ENVVAR in environ:
         path = Path(environ[DEFAULT_USER_TOKEN_ENVVAR])
@@ -718,9 +751,12 @@ def _registry_token(settings: Settings, environ: Mapping[str, str]) -> tuple[Sec
 
 def _read_token_file(path: Path, what: str) -> SecretStr:
     try:
-        return SecretStr(path.read_text(encoding="utf-8").strip())
+        text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"{what}: cannot read token file {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{what}: token file {path} is not UTF-8 text") from None
+    return header_value(text, f"{what}: token file {path}")
 
 
 def _registry_verify(settings: Settings, environ: Mapping[str, str], secure: bool) -> bool | str:

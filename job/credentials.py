@@ -33,6 +33,26 @@ S3_SECRET_FILES: dict[str, tuple[str, ...]] = {
 _SECRET_SUFFIXES = frozenset({"aws_access_key_id", "aws_secret_access_key"})
 
 
+def secret_value(raw: str, what: str) -> SecretStr:
+    """A secret as it is sent: surrounding white space removed (a Secret or env var made with ``echo`` ends
+    in a newline), and refused with a ``ConfigError`` naming ``what`` (never the value) when a control
+    character is left inside: HTTP header values cannot carry one, so such a secret could only fail later,
+    after retries, with an HTTP library's error that prints it."""
+    value = raw.strip()
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+        raise ConfigError(f"{what}: the value contains a control character (a line break inside it?)")
+    return SecretStr(value)
+
+
+def header_value(raw: str, what: str) -> SecretStr:
+    """:func:`secret_value` for a value sent as it is in an HTTP header (a bearer token, a ``HEADERS`` line):
+    printable ASCII only, as HTTP/1.1 clients encode header values."""
+    value = secret_value(raw, what)
+    if not value.get_secret_value().isascii():
+        raise ConfigError(f"{what}: the value is not ASCII, which an HTTP header cannot carry")
+    return value
+
+
 def _read_value(path: Path) -> str:
     # Secrets written with `echo` end with a newline; `kubectl create secret --from-file` keeps it.
     return path.read_text(encoding="utf-8").rstrip("\r\n")
@@ -89,7 +109,7 @@ def read_uri_headers(path: Path, *, setting: str) -> dict[str, SecretStr]:
         name = name.strip()
         if not sep or not name or any(c.isspace() for c in name):
             raise ConfigError(f"{setting}: {headers_file} line {number} is not 'Name: value'")
-        headers[name] = SecretStr(value.strip())
+        headers[name] = header_value(value, f"{setting}: {headers_file} line {number} ({name})")
     return headers
 
 

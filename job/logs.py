@@ -29,8 +29,15 @@ class RedactSecrets(logging.Filter):
         self.add(secrets)
 
     def add(self, secrets: Iterable[str]) -> None:
-        """Register more values to mask (short values are skipped: masking "a" would garble every line)."""
-        self._secrets.extend(s for s in secrets if s and len(s) >= 4 and s not in self._secrets)
+        """Register more values to mask (short values are skipped: masking "a" would garble every line).
+
+        Each value is masked in every form a library may print it in: as it is, without surrounding white
+        space, escaped as in a Python ``repr`` of a str or of bytes (``b'Bearer tok\\n'``), and as in JSON.
+        """
+        for secret in secrets:
+            for form in _printed_forms(secret):
+                if len(form) >= 4 and form not in self._secrets:
+                    self._secrets.append(form)
         self._secrets.sort(key=len, reverse=True)  # mask the longest first, so a prefix never leaks the rest
 
     def redact(self, text: str) -> str:
@@ -48,6 +55,20 @@ class RedactSecrets(logging.Filter):
                 record.exc_info = None
             record.msg, record.args = self.redact(message), None
         return True
+
+
+def _printed_forms(secret: str) -> set[str]:
+    """``secret`` as it may appear in a message: raw, stripped, str-repr, bytes-repr and JSON escaped."""
+    if not secret:
+        return set()
+    forms = {secret, secret.strip()}
+    for value in tuple(forms):
+        forms.add(repr(value)[1:-1])
+        forms.add(repr(value.encode("utf-8", "backslashreplace"))[2:-1])
+        forms.add(json.dumps(value)[1:-1])
+        forms.add(json.dumps(value, ensure_ascii=False)[1:-1])
+    forms.discard("")
+    return forms
 
 
 class TextFormatter(logging.Formatter):

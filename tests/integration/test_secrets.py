@@ -130,6 +130,33 @@ def wrong_hf_token(ctx: Ctx) -> dict[str, str]:
                      "HF_ENDPOINT": ctx.http.origin, "HF_TOKEN": HF_TOKEN})  # fmt: skip
 
 
+def token_with_a_newline_echoed_by_a_proxy(ctx: Ctx) -> dict[str, str]:
+    """What a Secret made with ``echo`` gives: the newline is stripped as the value is read, so the request is
+    sent (and refused by the echoing proxy) instead of failing in the HTTP library, which prints its repr."""
+    env = token_echoed_by_a_proxy(ctx)
+    return {**env, "MODEL_SYNC_REGISTRY_USER_TOKEN": REGISTRY_TOKEN + "\n"}
+
+
+def token_envvar_with_a_newline(ctx: Ctx) -> dict[str, str]:
+    env = {k: v for k, v in token_echoed_by_a_proxy(ctx).items() if k != "MODEL_SYNC_REGISTRY_USER_TOKEN"}
+    return {**env, "MODEL_SYNC_REGISTRY_USER_TOKEN_ENVVAR": "MY_TOKEN", "MY_TOKEN": f" {REGISTRY_TOKEN}\r\n"}
+
+
+def token_with_a_line_break_inside(ctx: Ctx) -> dict[str, str]:
+    return {**ctx.base(), "MODEL_SYNC_REGISTRY_USER_TOKEN": f"{REGISTRY_TOKEN}\nX-Injected: 1"}
+
+
+def hf_token_with_a_newline(ctx: Ctx) -> dict[str, str]:
+    return {**wrong_hf_token(ctx), "HF_TOKEN": HF_TOKEN + "\n"}
+
+
+def non_ascii_header_value(ctx: Ctx) -> dict[str, str]:
+    url = ctx.http.url("/private/missing.bin")
+    headers = f"X-Api-Key: {API_KEY}\u00e9\n".encode()
+    secret = write_tree(ctx.tmp / "uri-secret", {"URI": url.encode(), "HEADERS": headers})
+    return ctx.base({"MODEL_SYNC_SOURCE_TYPE": "uri", "MODEL_SYNC_SOURCE_URI_CREDENTIALS_PATH": str(secret)})
+
+
 def success_with_every_log_line(ctx: Ctx) -> dict[str, str]:
     """S3 -> S3 with a source Secret of real keys, at DEBUG: the happy path is scanned too."""
     prefix = f"{uuid.uuid4().hex[:8]}/m/"
@@ -146,6 +173,11 @@ CASES: dict[str, tuple[Callable[[Ctx], dict[str, str]], int]] = {
     "a proxy echoes the registry token back": (token_echoed_by_a_proxy, 1),
     "presigned URL, the server refuses the API key header": (presigned_url_and_refused_header, 1),
     "Hub refuses HF_TOKEN": (wrong_hf_token, 1),
+    "registry token ending in a newline, echoed by a proxy": (token_with_a_newline_echoed_by_a_proxy, 1),
+    "registry token from an env var, ending in CRLF": (token_envvar_with_a_newline, 1),
+    "registry token with a line break inside": (token_with_a_line_break_inside, 2),
+    "HF_TOKEN ending in a newline, refused": (hf_token_with_a_newline, 1),
+    "a HEADERS value that is not ASCII": (non_ascii_header_value, 2),
     "success": (success_with_every_log_line, 0),
 }
 
@@ -178,6 +210,40 @@ def test_no_secret_in_any_output(name: str, runs: dict[str, Run]) -> None:
     assert run.code == code, run.stderr[-3000:]
     if code:
         run.assert_one_line_failure()
-    assert "DEBUG" in run.stderr or '"level": "DEBUG"' in run.stderr  # the loudest logs were on
+    if code != 2:  # a config error ends before logging is set up at DEBUG
+        assert "DEBUG" in run.stderr or '"level": "DEBUG"' in run.stderr  # the loudest logs were on
     leaked = [secret for secret in SECRETS if secret in run.output]
     assert not leaked, f"{leaked} found in:\n{run.output[-3000:]}"
+    assert "LocalProtocolError" not in run.output and "Illegal header value" not in run.output
+    assert "internal error" not in run.output
+
+
+@pytest.mark.parametrize(
+    ("name", "setting"),
+    [
+        ("registry token with a line break inside", "MODEL_SYNC_REGISTRY_USER_TOKEN"),
+        ("a HEADERS value that is not ASCII", "MODEL_SYNC_SOURCE_URI_CREDENTIALS_PATH"),
+    ],
+)
+def test_a_malformed_secret_is_a_config_error_naming_its_setting(name: str, setting: str, runs: dict[str, Run]) -> None:
+    run = runs[name]
+    run.assert_one_line_failure(code=2)
+    assert setting in run.message
+    assert "X-Injected" not in run.output  # nothing of the value is shown
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "registry token ending in a newline, echoed by a proxy",
+        "registry token from an env var, ending in CRLF",
+        "HF_TOKEN ending in a newline, refused",
+    ],
+)
+def test_a_secret_ending_in_a_newline_is_sent_stripped_and_not_retried_as_malformed(
+    name: str, runs: dict[str, Run]
+) -> None:
+    """The request went out (the server refused it), instead of an HTTP library error after five retries."""
+    run = runs[name]
+    assert "401" in run.message or "refused" in run.message.lower() or "denied" in run.message, run.message
+    assert "retrying" not in run.stderr

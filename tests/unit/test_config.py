@@ -443,3 +443,56 @@ def test_unknown_env_settings_are_reported_with_a_suggestion() -> None:
 
     notes = unknown_env_settings({"MODEL_SYNC_SOURCE_AWS_BUKET": "x", "MODEL_SYNC_SOURCE_TYPE": "s3", "HOME": "/"})
     assert notes == ["MODEL_SYNC_SOURCE_AWS_BUKET (did you mean MODEL_SYNC_SOURCE_AWS_BUCKET?)"]
+
+
+# --- secrets as they come out of `echo` ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("field", ["registry_user_token", "source_aws_secret_access_key", "destination_oci_password"])
+def test_secrets_lose_surrounding_white_space(field: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(env_name(field), " tok-secret-1234\r\n")
+    assert getattr(load_settings([]), field).get_secret_value() == "tok-secret-1234"
+
+
+@pytest.mark.parametrize("value", ["zq8\nX-Injected: 1", "zq8\x1b[2Jtail", "zq8\x7f"])
+def test_a_control_character_inside_a_secret_is_a_config_error_that_shows_nothing_of_it(
+    value: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MODEL_SYNC_REGISTRY_USER_TOKEN", value)
+    with pytest.raises(ConfigError) as err:
+        load_settings([])
+    message = str(err.value)
+    assert message.startswith("invalid setting MODEL_SYNC_REGISTRY_USER_TOKEN (--registry-user-token): ")
+    assert "control character" in message and "zq8" not in message and "Injected" not in message
+
+
+def test_token_sources_and_hub_token_are_stripped_and_checked(tmp_path: Path) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text("  file-token\r\n")
+    by_path = job([*BASE, *S3_SRC, *OCI_DST, "--registry-user-token-envvar", "T"], {"T": str(token_file) + "\n"})
+    assert by_path.registry.token.get_secret_value() == "file-token"  # type: ignore[union-attr]
+    by_value = job([*BASE, *S3_SRC, *OCI_DST, "--registry-user-token-envvar", "T"], {"T": "raw-token\n"})
+    assert by_value.registry.token.get_secret_value() == "raw-token"  # type: ignore[union-attr]
+    with pytest.raises(ConfigError, match=r"^MODEL_SYNC_REGISTRY_USER_TOKEN_ENVVAR.*env var T: .*control character"):
+        job([*BASE, *S3_SRC, *OCI_DST, "--registry-user-token-envvar", "T"], {"T": "raw\ntoken"})
+    token_file.write_bytes(b"\xff\xfe")
+    with pytest.raises(ConfigError, match="not UTF-8"):
+        job([*BASE, *S3_SRC, *OCI_DST, "--registry-user-token-envvar", "T"], {"T": str(token_file)})
+    hub = [*BASE, *OCI_DST, "--source-type", "uri", "--source-uri", "hf://org/m"]
+    assert job(hub, {"HF_TOKEN": "hf_tok\n"}).source.hf_token.get_secret_value() == "hf_tok"  # type: ignore[union-attr]
+    with pytest.raises(ConfigError, match="env var HF_TOKEN: the value is not ASCII"):
+        job(hub, {"HF_TOKEN": "hf_tök"})
+
+
+def test_a_headers_value_with_a_control_character_or_not_ascii_is_refused(tmp_path: Path) -> None:
+    secret = tmp_path / "uri-secret"
+    secret.mkdir()
+    (secret / "URI").write_text("https://models.example.invalid/m.bin\n")
+    argv = [*BASE, *OCI_DST, "--source-type", "uri", "--source-uri-credentials-path", str(secret)]
+    for bad, why in (("X-Key: caf\u00e9-secret\n", "not ASCII"), ("X-Key: a\tb\x01c\n", "control character")):
+        (secret / "HEADERS").write_text(bad)
+        with pytest.raises(
+            ConfigError, match=f"MODEL_SYNC_SOURCE_URI_CREDENTIALS_PATH.*line 1 \\(X-Key\\).*{why}"
+        ) as err:
+            job(argv)
+        assert "secret" not in str(err.value).split("line 1")[1]

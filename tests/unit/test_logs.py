@@ -56,3 +56,16 @@ def test_libraries_that_log_urls_are_quiet() -> None:
     configure_logging("DEBUG", "text")
     assert logging.getLogger("httpx").getEffectiveLevel() >= logging.WARNING
     assert logging.getLogger("botocore").getEffectiveLevel() >= logging.WARNING
+
+
+def test_every_printed_form_of_a_secret_is_masked(capsys: pytest.CaptureFixture[str]) -> None:
+    """An HTTP library printing ``repr(b'Bearer tok\\n')`` must not show the token (nor its JSON form)."""
+    redactor = configure_logging("INFO", "text", ["tok-\u00e9-secret\n"])
+    log = logging.getLogger("job.test")
+    log.info("raw %s", "tok-\u00e9-secret\n")
+    log.info("repr %r", "tok-\u00e9-secret\n")
+    log.info("bytes %r", "Bearer tok-\u00e9-secret\n".encode())
+    log.info("json %s", json.dumps({"t": "tok-\u00e9-secret\n"}))
+    err = capsys.readouterr().err
+    assert "secret" not in err, err
+    assert redactor.redact(repr(b"Bearer tok-\xc3\xa9-secret\n")) == "b'Bearer ***'"
