@@ -15,7 +15,7 @@ An unknown field under one of the three prefixes is a ``ConfigError`` (a mistype
 dropped); files without one of the prefixes are ignored. An empty value counts as unset.
 
 ``*.custom_properties`` hold a JSON object of plain values, mapped to the registry's ``MetadataValue``
-wire form by :func:`to_custom_properties` (registry-rest-subset.md §6).
+wire form by :func:`to_custom_properties` (tests/standin/BEHAVIOURS.md §6).
 """
 
 from __future__ import annotations
@@ -107,7 +107,7 @@ def _metadata_value(key: str, value: Any, where: str) -> dict[str, Any]:
 
 
 def to_custom_properties(values: Mapping[str, Any], *, where: str = "custom properties") -> CustomProperties:
-    """Map plain JSON values to the registry's ``MetadataValue`` wire form (registry-rest-subset.md §6).
+    """Map plain JSON values to the registry's ``MetadataValue`` wire form (tests/standin/BEHAVIOURS.md §6).
 
     str -> MetadataStringValue, bool -> MetadataBoolValue, int -> MetadataIntValue (``int_value`` as a
     string, int32 only), float -> MetadataDoubleValue, dict -> MetadataStructValue (base64 of the JSON

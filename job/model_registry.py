@@ -4,7 +4,7 @@ Both API generations are spoken: the server's is found from the first answer (``
 forced (``MODEL_SYNC_REGISTRY_API_VERSION``).
 
 Entities are plain dicts in the REST (camelCase) shape. Behaviour follows the real Go server as described in
-``/work/shared/reference/registry-rest-subset.md`` (cited as §n). Every non-2xx answer becomes
+``tests/standin/BEHAVIOURS.md`` (cited as §n). Every non-2xx answer becomes
 ``ModelRegistryError`` (``.status``, ``.code``), one line: "what we did, to which object: <status> <code>:
 <server message>" from the ``{code, message}`` body (§5) or a plain-text body cut to 200 characters; the bearer
 token never appears in a message or log. ``find_*`` returns ``None`` on the server's JSON 404 (§5), ``get_*``
@@ -397,7 +397,7 @@ class ModelRegistryClient:
     async def _request(self, method: str, path: str, *, params: Mapping[str, str] | None, json: Any) -> httpx.Response:
         """Send one request under the API prefix in use. Until one is known (``auto``), try ``v1`` first and
         fall back to ``v1alpha3`` when the server does not know the route: chi's plain-text 404, never the
-        JSON 404 of a missing entity (registry-rest-subset.md, intro). That costs nothing on a current server
+        JSON 404 of a missing entity (tests/standin/BEHAVIOURS.md, § intro). That costs nothing on a current server
         and one request, once, on an older one; a route-less 404 commits nothing, so a POST is safe to resend.
         """
         if self._prefix is not None:
@@ -448,7 +448,7 @@ class ModelRegistryClient:
             code = response.reason_phrase or None
             message = " ".join(response.text.split())[:_MAX_BODY_TEXT] or "(empty body)"
             if status == 404:
-                # chi's plain-text 404: no such route, so not a missing entity (registry-rest-subset.md intro).
+                # chi's plain-text 404: no such route, so not a missing entity (tests/standin/BEHAVIOURS.md § intro).
                 served = self._prefix or " or ".join(API_PREFIXES.values())
                 message += f" (is the registry address right, and does it serve {served}?)"
         head = f"{status} {code}" if code else str(status)

@@ -14,8 +14,8 @@ The whole-file sha256 is computed only when there is a listed digest to check it
 covered by a check anyway: an OCI layer's digest is the sha256 of the tar that holds the file, an S3 part
 carries a checksum the server verifies, and a second sha256 of the same bytes cost 0.6 CPU-s per GiB,
 which on this machine's two shared cores was 5-7% of the wall time (``make bench``, s3->oci and s3->s3).
-Hashing stays on the event loop's thread: on two busy cores a hashing thread did not help (see
-``performance-notes.md``); sha256 runs at about 1.7 GB/s per core.
+Hashing stays on the event loop's thread: on two busy cores a hashing thread did not help (README,
+Performance).
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ bypass it).
 With ``ranged_reads=True`` an object larger than one part is read as parallel ranged GETs instead:
 ``parallel_parts`` ranges of ``part_size`` in flight, yielded in order, so memory stays under
 ``(parallel_parts + 1) x part_size`` per file. Off by default: on a 2-core machine it gained nothing
-and cost 140-330 MiB of RSS (performance-notes.md); it may pay off against a distant, per-connection
+and cost 140-330 MiB of RSS (README, Performance); it may pay off against a distant, per-connection
 throttled endpoint.
 """
 

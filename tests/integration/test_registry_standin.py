@@ -2,7 +2,7 @@
 
 Three angles:
 
-1. behaviour tests, one per rule of /work/shared/reference/registry-rest-subset.md ("§N") the job relies on;
+1. behaviour tests, one per rule of tests/standin/BEHAVIOURS.md ("§N") the job relies on;
 2. schemathesis against the official OpenAPI spec, on the endpoints the job uses, with every place where the
    real server knowingly deviates from the spec excluded explicitly (see ``_deviations``);
 3. Kubeflow's own Python client (model-registry 0.3.14) as an oracle for a full register/read/update round trip.
@@ -38,8 +38,8 @@ from tests.standin.model_registry import BASE_PATH, ModelRegistryStandin
 
 pytestmark = pytest.mark.integration
 
-SPEC_PATH = Path("/work/shared/reference/model-registry.openapi.yaml")
 REPO_ROOT = Path(__file__).resolve().parents[2]
+SPEC_PATH = REPO_ROOT / "tests" / "standin" / "spec" / "model-registry.v1alpha3.openapi.yaml"  # see its README
 
 
 @pytest.fixture
@@ -98,7 +98,7 @@ def b64json(value: Any) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# 1. Behaviour (registry-rest-subset.md)
+# 1. Behaviour (tests/standin/BEHAVIOURS.md)
 
 
 def test_ids_timestamps_and_defaults_on_create(api: httpx.Client) -> None:
@@ -541,7 +541,7 @@ def _spec_for_fuzzing() -> dict[str, Any]:
 
     * the Artifact/ArtifactCreate/ArtifactUpdate oneOf branches overlap (no additionalProperties:false), so a
       validator without discriminator support matches several: pin ``artifactType`` to one value per branch
-      (see reference/test-servers.md); a oneOf body then carries it, as the real server needs (§2);
+      (see tests/standin/spec/README.md); a oneOf body then carries it, as the real server needs (§2);
     * drop ``filterQuery``: the stand-in does not implement the filter language (it answers 400);
     * give id path parameters an example pointing at a seeded entity.
     """
@@ -681,7 +681,7 @@ def fuzz_standin() -> Iterator[ModelRegistryStandin]:
 
 
 # Documented deviations of the real server from the spec, which the stand-in reproduces on purpose. Each entry:
-# (operationIds, status, pattern the error message must match, registry-rest-subset.md section).
+# (operationIds, status, pattern the error message must match, BEHAVIOURS.md section).
 UNDOCUMENTED_STATUS = (
     # §2: a missing required field is a RequiredError → 422, which the spec omits for these operations.
     ({"createRegisteredModel", "createRegisteredModelVersion"}, 422, r"^required field", "§2"),

@@ -1,8 +1,8 @@
 """Core of the Model Registry stand-in: body decoding, the in-memory store and the REST operations.
 
 No I/O here: :mod:`tests.standin.model_registry` puts HTTP in front of it. Every quirk cites the section
-("§N") of /work/shared/reference/registry-rest-subset.md that it reproduces; that file is the source of
-truth wherever the real server and the OpenAPI spec disagree.
+("§N") of tests/standin/BEHAVIOURS.md that it reproduces; that file is the source of truth wherever the
+real server and the OpenAPI spec disagree.
 """
 
 from __future__ import annotations

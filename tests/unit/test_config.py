@@ -17,7 +17,7 @@ from job.config import (
 )
 from job.errors import ConfigError
 
-# Every env var and arg of the upstream README's table (../shared/seeds/003_*.txt), verbatim.
+# Every env var and arg of the upstream README's table (Kubeflow's async-upload job README), verbatim.
 UPSTREAM_ENV_VARS = """
 MODEL_SYNC_SOURCE_TYPE MODEL_SYNC_SOURCE_S3_CREDENTIALS_PATH MODEL_SYNC_SOURCE_OCI_CREDENTIALS_PATH
 MODEL_SYNC_SOURCE_URI_CREDENTIALS_PATH MODEL_SYNC_SOURCE_URI MODEL_SYNC_SOURCE_AWS_BUCKET MODEL_SYNC_SOURCE_AWS_KEY

@@ -122,7 +122,7 @@ def test_camel_case_keys_as_the_ui_backend_writes_them(tmp_path: Path) -> None:
         "modelSourceKind": "Job",
         "modelSourceName": "job-1",
     }
-    # ids never go into a create body (the strict decoder rejects them, registry-rest-subset.md §2)
+    # ids never go into a create body (the strict decoder rejects them, tests/standin/BEHAVIOURS.md §2)
     assert "id" not in meta.registered_model.create_body()
 
 
