@@ -78,7 +78,7 @@ class SourceReader:
         self.offset = 0
         """Bytes passed on so far: where a reopened read starts."""
         self.resumes = 0
-        self._seekable = bool(getattr(source, "seekable", False))
+        self._seekable = source.seekable
         self._stack: AsyncExitStack | None = None
         self._chunks: AsyncIterator[bytes] | None = None
 

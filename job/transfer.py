@@ -168,16 +168,14 @@ async def _put_one(
 ) -> Uploaded:
     """One file: skipped when the destination already has it, else put, and put again while retryable."""
     path = str(obj.path)
-    lookup: Callable[[ObjectInfo], Awaitable[Uploaded | None]] | None = getattr(destination, "lookup", None)
-    if lookup is not None:
-        found = await lookup(obj)
-        if found is not None:
-            if obj.size is not None and found.size != obj.size:
-                raise IntegrityError(
-                    f"writing {path}: the destination holds {found.size} bytes, the source lists {obj.size}"
-                )
-            progress.file_skipped(obj.path, found.size)
-            return found
+    found = await destination.lookup(obj)
+    if found is not None:
+        if obj.size is not None and found.size != obj.size:
+            raise IntegrityError(
+                f"writing {path}: the destination holds {found.size} bytes, the source lists {obj.size}"
+            )
+        progress.file_skipped(obj.path, found.size)
+        return found
     before_sleep = log_before_sleep(log, f"sending {path}", retry.file_attempts, _cause)
     async for attempt in retry.policy(attempts=retry.file_attempts, before_sleep=before_sleep):
         with attempt:

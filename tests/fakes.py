@@ -256,6 +256,10 @@ class MemoryDestination:
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
             self._changed.notify_all()
 
+    async def lookup(self, obj: ObjectInfo) -> Uploaded | None:
+        """Nothing was written by an earlier try."""
+        return None
+
     async def put(self, obj: ObjectInfo, data: AsyncIterator[bytes]) -> Uploaded:
         """Read ``data`` (to its end unless told otherwise) and keep the bytes."""
         path = str(obj.path)

@@ -1,7 +1,7 @@
 """The destination half of the streaming contract.
 
 Call order, made by the engine:
-0. ``lookup(obj)``, optional, once per file before it is read: the ``Uploaded`` an earlier try of the job
+0. ``lookup(obj)`` once per file before it is read: the ``Uploaded`` an earlier try of the job
    already wrote for ``obj`` (same path, size and source identity, see ``job.sources.base.source_identity``),
    or None. A file found is neither read nor put; its ``Uploaded.size`` must be ``obj.size``.
 1. ``put(obj, data)`` once per file, several at a time (bounded by the engine's files semaphore).
@@ -67,6 +67,11 @@ class Committed:
 
 class Destination(Protocol):
     """Where the model goes."""
+
+    async def lookup(self, obj: ObjectInfo) -> Uploaded | None:
+        """What an earlier try already wrote for ``obj`` (step 0 above), or None: send it. A destination
+        that cannot tell returns None."""
+        ...
 
     async def put(self, obj: ObjectInfo, data: AsyncIterator[bytes]) -> Uploaded:
         """Write one file from its stream."""

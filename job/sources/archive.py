@@ -726,6 +726,9 @@ class ArchiveSource:
     ``first``: a started GET of the archive (when ``Content-Type`` revealed it), used instead of a new request.
     """
 
+    seekable = False
+    """A member is read from a shared pass or inflated from its start: an offset is not cheap."""
+
     def __init__(
         self, client: HttpClient, url: str, kind: ArchiveKind, *, storage_path: Path, first: Download | None = None
     ) -> None:

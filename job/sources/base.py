@@ -57,12 +57,12 @@ def source_identity(obj: ObjectInfo) -> str | None:
 
 
 class Source(Protocol):
-    """Where the model comes from.
+    """Where the model comes from."""
 
-    A source may also have ``seekable = True``: ``open(obj, offset=n)`` then reads from byte ``n`` cheaply
-    (a ranged GET, a seek), and the engine resumes a read that broke mid-file there rather than sending
-    the file again (see ``job.transfer``). Without it the engine assumes no such thing.
-    """
+    seekable: bool
+    """Capability: ``open(obj, offset=n)`` reads from byte ``n`` cheaply (a ranged GET, a seek), so the engine
+    resumes a read that broke mid-file there rather than sending the file again (``job.resume``). Every
+    source states it (True only when an offset read works), and a wrapper passes its inner source's on."""
 
     def list(self) -> AsyncIterator[ObjectInfo]:
         """Yield every file of the model once."""

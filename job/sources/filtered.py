@@ -29,10 +29,12 @@ def matches(path: str, include: Sequence[str], exclude: Sequence[str]) -> bool:
 
 
 class FilteredSource:
-    """A source that lists only the files passing the globs; reading is delegated unchanged."""
+    """A source that lists only the files passing the globs; reading is delegated unchanged, and so are the
+    inner source's capabilities (``seekable``)."""
 
     def __init__(self, inner: Source, include: Sequence[str], exclude: Sequence[str]) -> None:
         self._inner = inner
+        self.seekable = inner.seekable
         self._include = tuple(include)
         self._exclude = tuple(exclude)
 

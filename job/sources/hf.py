@@ -59,6 +59,9 @@ def parse_hf_uri(uri: str) -> tuple[str, str]:
 class HfSource:
     """A :class:`~job.sources.base.Source` over one model repository of the Hub at ``endpoint``."""
 
+    seekable = False
+    """Not for the engine: an http read resumes by itself with ``Range`` (``job.sources.uri.Download``)."""
+
     def __init__(self, client: HttpClient, *, endpoint: str, repo: str, revision: str = DEFAULT_REVISION) -> None:
         self._client = client
         self._endpoint = endpoint.rstrip("/")

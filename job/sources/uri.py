@@ -471,6 +471,9 @@ class HttpFileSource:
     that same response; any other open is a new GET (``Range`` from ``offset``, ``If-Match`` on the ETag).
     """
 
+    seekable = False
+    """Not for the engine: an http read resumes by itself with ``Range`` (``job.sources.uri.Download``)."""
+
     def __init__(self, client: HttpClient, url: str, *, first: Download | None = None) -> None:
         self._client = client
         self._url = url
@@ -510,6 +513,9 @@ class HttpFileSource:
 
 class UriSource:
     """The ``uri`` source: picks the http file, archive or Hub backend at ``list()`` (see the module doc)."""
+
+    seekable = False
+    """Not for the engine: an http read resumes by itself with ``Range`` (``job.sources.uri.Download``)."""
 
     def __init__(
         self,

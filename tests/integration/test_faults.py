@@ -80,6 +80,8 @@ class Case:
     """A regex the one-line error must match, when the case must fail."""
     change_source: bool = False
     """When the fault fires, replace the source file with other bytes (it changed mid-transfer)."""
+    env: dict[str, str] = field(default_factory=dict)
+    """Settings of the job for this case only."""
 
 
 @dataclass
@@ -100,6 +102,10 @@ CASES: dict[str, dict[str, Case]] = {
     "s3-source": {
         "reset mid-body": Case(reset(MiB), "GET", "{object}", log="resuming there"),
         "body cut short": Case(truncate(MiB), "GET", "{object}", log="resuming there"),
+        # The include/exclude wrapper keeps the source's capabilities: the read resumes at its offset
+        # instead of sending the whole file again.
+        "body cut short, with an exclude set": Case(truncate(MiB), "GET", "{object}", log="resuming there",
+                                                    env={"MODEL_SYNC_SOURCE_EXCLUDE": "*.md"}),
         "503 SlowDown x2, Retry-After 1": Case(s3_slow_down(retry_after="1"), "GET", "{object}", times=2, log=SLOW_DOWN_RETRY),
         "429, Retry-After 1": Case(status(429, retry_after="1"), "GET", "{object}", log=r"HTTP 429.*retrying in 1\.0s"),
         "stall mid-body beyond the read timeout": Case(stall(8, after=MiB), "GET", "{object}", log="resuming there"),
@@ -275,7 +281,7 @@ def _prepare(server: str, case: str, servers: Servers) -> tuple[Route, Rule, dic
         header=spec.header, on_fire=(lambda _seen: change()) if change else None,
     )  # fmt: skip
     address = servers.proxies["registry"].url if server == "model-registry" else servers.registry.url
-    env = {**FAST, **registry_env(address), **intent, **route.env}
+    env = {**FAST, **registry_env(address), **intent, **route.env, **spec.env}
     return route, rule, env
 
 
