@@ -1,8 +1,10 @@
 """Real servers for tests, the demo and the benchmark, started on 127.0.0.1 and stopped after use.
 
-Each module starts one kind of server as a context manager; ``tests/conftest.py`` turns them into
-session fixtures. Under ``CI=true`` a server that cannot start fails the run instead of skipping:
-a green CI must mean the tests that need real servers ran.
+Each module starts one kind of server as a context manager; :mod:`tests.servers.pytest_plugin` (loaded by
+``tests/conftest.py``) turns them into session fixtures. A server that cannot start raises
+:class:`ServerUnavailable`, which that plugin turns into a skip on a developer machine and into a failure under
+``CI=true``: a green CI must mean the tests that need real servers ran. Nothing here imports pytest, so the demo
+and the benchmark use these helpers as plain code (for them ``ServerUnavailable`` is an ordinary error).
 """
 
 from __future__ import annotations
@@ -13,20 +15,22 @@ import subprocess
 import time
 from typing import NoReturn
 
-import pytest
-
 
 def in_ci() -> bool:
     """True when CI=true (or 1): missing servers are failures, not skips."""
     return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
 
 
+class ServerUnavailable(RuntimeError):
+    """A server or tool a test needs is missing or did not start; the message says which and why.
+
+    Under pytest, :mod:`tests.servers.pytest_plugin` skips the test (fails it under ``CI=true``, see :func:`in_ci`).
+    """
+
+
 def server_unavailable(what: str, why: str) -> NoReturn:
-    """Skip the test on a developer machine, fail it in CI."""
-    message = f"{what} is not available: {why}"
-    if in_ci():
-        pytest.fail(message, pytrace=False)
-    pytest.skip(message)
+    """Raise :class:`ServerUnavailable` ("<what> is not available: <why>"): pytest skips the test, or fails it in CI."""
+    raise ServerUnavailable(f"{what} is not available: {why}")
 
 
 def free_port() -> int:

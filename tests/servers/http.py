@@ -18,8 +18,8 @@ Routes:
   served; LFS files, ``*.safetensors``/``*.bin``, a 302 to ``cdn`` ``/lfs/<sha256>?Expires=..&Signature=..``). A
   private repository wants ``Authorization: Bearer HF_TOKEN`` and otherwise answers 401 ``RepoNotFound``, like the Hub.
 
-Fixture ``http_server`` (session): both servers, with :data:`MODEL_FILES` laid out as a tree and packed into
-every archive kind, the malicious archives, and the Hub repositories.
+Fixture ``http_server`` (session, in :mod:`tests.servers.pytest_plugin`): both servers, with :data:`MODEL_FILES`
+laid out as a tree and packed into every archive kind, the malicious archives, and the Hub repositories.
 """
 
 from __future__ import annotations
@@ -47,7 +47,6 @@ from typing import Any
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 import httpx
-import pytest
 
 from tests.servers import server_unavailable, wait_for_port
 
@@ -497,13 +496,6 @@ def http_servers() -> Iterator[HttpTestServer]:
             for thread in threads:
                 thread.join(timeout=5)
             shutil.rmtree(tmp, ignore_errors=True)
-
-
-@pytest.fixture(scope="session")
-def http_server() -> Iterator[HttpTestServer]:
-    """The two local http servers for the whole session (see the module doc)."""
-    with http_servers() as server:
-        yield server
 
 
 def range_responder(

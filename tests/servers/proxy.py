@@ -4,7 +4,8 @@ Clients that honour ``HTTP_PROXY``/``HTTPS_PROXY`` send absolute-form requests (
 ``CONNECT host:port`` to it; :meth:`ForwardProxy.requests` reads them back from tinyproxy's log, so a test can
 tell which servers a job reached through the proxy and which it reached directly (``NO_PROXY``).
 
-Session fixture: ``forward_proxy``. Under ``CI=true`` a proxy that cannot start fails the run.
+Session fixture: ``forward_proxy`` (in :mod:`tests.servers.pytest_plugin`). Under ``CI=true`` a proxy that cannot
+start fails the run.
 """
 
 from __future__ import annotations
@@ -17,8 +18,6 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-
-import pytest
 
 from tests.servers import free_port, server_unavailable, stop_process, wait_for_port
 
@@ -66,10 +65,3 @@ def tinyproxy() -> Iterator[ForwardProxy]:
             yield ForwardProxy(port, log_path)
         finally:
             stop_process(proc)
-
-
-@pytest.fixture(scope="session")
-def forward_proxy() -> Iterator[ForwardProxy]:
-    """One tinyproxy for the session; call ``clear()`` before a test reads ``requests()``."""
-    with tinyproxy() as proxy:
-        yield proxy

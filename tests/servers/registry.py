@@ -16,8 +16,9 @@ busybox with ``sh``, ``ln``, ``sleep``, ``mkdir``, ``ls`` links and an *empty* `
 skopeo is also the independent reader: :func:`skopeo_pull` copies an image into an OCI layout and
 :func:`unpack_rootfs` flattens its layers (whiteouts honoured) into ``{path: TarEntry}``.
 
-Session fixtures: ``registry_plain``, ``registry_htpasswd``, ``registry_token``. Under ``CI=true`` a
-registry that cannot start fails the run (``tests.servers.server_unavailable``).
+Session fixtures (in :mod:`tests.servers.pytest_plugin`): ``base_layout``, ``registry_plain``,
+``registry_htpasswd``, ``registry_token``. Under ``CI=true`` a registry that cannot start fails the run
+(``tests.servers.server_unavailable``).
 """
 
 from __future__ import annotations
@@ -45,7 +46,6 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import parse_qs, urlsplit
 
-import pytest
 from pydantic import SecretStr
 
 from job.config import OciLocation
@@ -512,20 +512,8 @@ def unpack_rootfs(image: OciImage) -> dict[str, TarEntry]:
     return rootfs
 
 
-# --- fixtures -------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="session")
-def base_layout(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The busybox base image as an OCI layout (tags ``latest`` and ``multi``)."""
-    if not BUSYBOX.is_file():
-        server_unavailable("the busybox base image", f"{BUSYBOX} is missing (apt-get install busybox-static)")
-    folder = tmp_path_factory.mktemp("base-layout")
-    build_base_layout(folder)
-    return folder
-
-
 def _with_base(registry: Registry, layout: Path) -> Registry:
+    """Push the base images of ``layout`` to ``registry`` and record their references on it."""
     if shutil.which("skopeo") is None:
         server_unavailable("skopeo", "it is not installed (apt-get install skopeo)")
     registry.base = f"{registry.host}/{BASE_REPO}:latest"
@@ -533,24 +521,3 @@ def _with_base(registry: Registry, layout: Path) -> Registry:
     skopeo_push_layout(registry, layout, "latest", registry.base)
     skopeo_push_layout(registry, layout, "multi", registry.base_multi)
     return registry
-
-
-@pytest.fixture(scope="session")
-def registry_plain(base_layout: Path) -> Iterator[Registry]:
-    """distribution over plain http without auth, with the base images pushed."""
-    with distribution("plain") as registry:
-        yield _with_base(registry, base_layout)
-
-
-@pytest.fixture(scope="session")
-def registry_htpasswd(base_layout: Path) -> Iterator[Registry]:
-    """distribution over https (self-signed) with a bcrypt htpasswd login, with the base images pushed."""
-    with distribution("htpasswd") as registry:
-        yield _with_base(registry, base_layout)
-
-
-@pytest.fixture(scope="session")
-def registry_token(base_layout: Path) -> Iterator[Registry]:
-    """distribution over https with bearer tokens from :class:`TokenServer`, with the base images pushed."""
-    with distribution("token") as registry:
-        yield _with_base(registry, base_layout)

@@ -12,8 +12,8 @@ What each server checks (measured with SeaweedFS 4.48 and moto 5.2):
   ``x-amz-checksum-crc32`` on PutObject and UploadPart (400 ``BadDigest``).
 * moto accepts any credentials and verifies no checksum: use it only as a second, independent endpoint.
 
-Fixtures: ``seaweedfs_s3`` and ``moto_s3`` (session scoped), and :func:`fresh_bucket` to give a test a
-bucket of its own.
+Fixtures ``seaweedfs_s3`` and ``moto_s3`` (session scoped, in :mod:`tests.servers.pytest_plugin`), and
+:func:`fresh_bucket` to give a test a bucket of its own.
 """
 
 from __future__ import annotations
@@ -34,7 +34,6 @@ from pathlib import Path
 from typing import Any
 
 import boto3  # type: ignore[import-untyped]
-import pytest
 from botocore.config import Config  # type: ignore[import-untyped]
 from botocore.handlers import add_expect_header  # type: ignore[import-untyped]
 
@@ -265,17 +264,3 @@ def clear_bucket(server: S3Server, bucket: str) -> None:
     uploads = client.list_multipart_uploads(Bucket=bucket).get("Uploads", [])
     for upload in uploads:
         client.abort_multipart_upload(Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"])
-
-
-@pytest.fixture(scope="session")
-def seaweedfs_s3() -> Iterator[S3Server]:
-    """One SeaweedFS for the whole session (buckets ``src`` and ``dst``); tests use fresh buckets."""
-    with seaweedfs() as server:
-        yield server
-
-
-@pytest.fixture(scope="session")
-def moto_s3() -> Iterator[S3Server]:
-    """One moto server for the whole session (bucket ``dst``); tests use fresh buckets."""
-    with moto_server() as server:
-        yield server
