@@ -36,7 +36,10 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
-from job.credentials import (
+from job.errors import ConfigError
+from job.oci.certs import DEFAULT_CERTS_DIR
+from job.retry import RetrySettings
+from job.settings.credentials import (
     DockerConfig,
     header_value,
     read_docker_config,
@@ -45,9 +48,6 @@ from job.credentials import (
     read_uri_secret,
     secret_value,
 )
-from job.errors import ConfigError
-from job.retry import RetrySettings
-from job.tls import DEFAULT_CERTS_DIR
 
 ENV_PREFIX = "MODEL_SYNC_"
 DEFAULT_METADATA_PATH = Path("/etc/model-metadata")
@@ -211,7 +211,7 @@ class Settings(BaseSettings):
     )
 
     # --- transfer engine: part buffers are bounded by parallel_files x (parallel_parts + 1) x part size,
-    # 4 x 3 x 8 MiB = 96 MiB with the defaults (see job.transfer.TransferSettings) ---
+    # 4 x 3 x 8 MiB = 96 MiB with the defaults (see job.engine.transfer.TransferSettings) ---
     parallel_files: int = Field(4, ge=1, le=64, description="Files moved at once.")
     parallel_parts: int = Field(2, ge=1, le=64, description="Parts in flight per multipart upload.")
     part_size_mib: int | None = Field(
@@ -515,7 +515,7 @@ class OciLocation:
     docker_config: DockerConfig | None = None
     """All logins of the mounted docker config, for a base image on another registry."""
     cert_dir: Path | None = None
-    """The containers-certs.d directory: CAs and client certificates per registry (``job.tls``)."""
+    """The containers-certs.d directory: CAs and client certificates per registry (``job.oci.certs``)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -35,8 +35,8 @@ from typing import Any
 from job.config import Intent
 from job.destinations.base import Committed
 from job.errors import ConfigError, ModelRegistryError
-from job.metadata import CustomProperties, ModelMetadata, writable_custom_properties
-from job.model_registry import Entity, ModelRegistryClient, checked_id
+from job.model_registry.client import Entity, ModelRegistryClient, checked_id
+from job.settings.metadata import CustomProperties, ModelMetadata, writable_custom_properties
 
 __all__ = [
     "MARKER_DIGEST",

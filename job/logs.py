@@ -72,7 +72,7 @@ def _printed_forms(secret: str) -> set[str]:
 
 
 class TextFormatter(logging.Formatter):
-    """``2026-11-21T12:00:00Z INFO  job.transfer: message``, in UTC."""
+    """``2026-11-21T12:00:00Z INFO  job.engine.transfer: message``, in UTC."""
 
     converter = time.gmtime  # type: ignore[assignment]  # typeshed's signature is narrower than gmtime's
 

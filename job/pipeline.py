@@ -20,14 +20,14 @@ from typing import Any
 
 from job.config import JobConfig, OciLocation, PvcLocation, S3Location, UriLocation
 from job.destinations.base import Committed, Destination
+from job.engine.progress import ProgressReporter
+from job.engine.transfer import TransferResult, TransferSettings, transfer
 from job.errors import ConfigError, Terminated
 from job.intents import IntentResult, IntentSpec, run_intent, validate_spec
-from job.metadata import ModelMetadata, load_metadata
-from job.model_registry import ModelRegistryClient
-from job.progress import ProgressReporter
+from job.model_registry.client import ModelRegistryClient
+from job.settings.metadata import ModelMetadata, load_metadata
 from job.sources.base import Source
 from job.sources.filtered import FilteredSource
-from job.transfer import TransferResult, TransferSettings, transfer
 
 log = logging.getLogger(__name__)
 

@@ -6,12 +6,12 @@ Retryability is a function, not a class in the error tree (see ``job.errors``):
   reset connections, timeouts, bodies cut short, protocol errors);
 * HTTP 408 (a proxy gave up waiting for our request body), 429 (a proxy or gateway in front of the
   service throttles us: kube-rbac-proxy, Istio and API gateways can) and every 5xx; S3's SlowDown is a 503
-  (``job.s3_common`` classifies botocore's own exceptions);
+  (``job.s3.client`` classifies botocore's own exceptions);
 * never any other 4xx (auth, not found: the request itself is wrong and will be wrong again), and never an
   ``IntegrityError``;
 * a ``ModelSyncError`` carries the verdict its mapping recorded (``.retryable``), else its ``.status``.
 
-The unit retried grows in steps, smallest first (see ``job.transfer``): a request (each client's
+The unit retried grows in steps, smallest first (see ``job.engine.transfer``): a request (each client's
 ``policy()``), a part (an S3 part is one request with its bytes in memory), then a file (the engine
 resumes a broken source stream at its offset where the source has ranges, and sends a file again from
 its start when the destination's half failed). :class:`RetrySettings` holds the budget and the timeouts

@@ -8,7 +8,7 @@ Call order and what runs when (see ``job.destinations.base`` for the engine's si
   do not wait for it. A blob already there is skipped (HEAD); on the same registry it is mounted
   (``POST ?mount=&from=``: no bytes move); from another registry it is streamed GET -> PATCH, never via
   disk. A failed copy surfaces at the next ``put`` or at ``commit``.
-* Each ``put`` streams one uncompressed tar layer (:class:`job.modelcar.ModelLayer`) in one upload
+* Each ``put`` streams one uncompressed tar layer (:class:`job.oci.modelcar.ModelLayer`) in one upload
   session: one PATCH with ``Content-Length`` (or chunked PATCHes, ``chunk_size``), the layer digest
   computed on the way. It returns the file's size, ``sha256=""`` (the layer digest covers the bytes; the
   engine fills in the file's digest when it hashed one) and ``extra={"layer_digest", "layer_size"}``.
@@ -47,7 +47,8 @@ from typing import Any
 from job.config import JobConfig, OciLocation
 from job.destinations.base import Committed, Uploaded
 from job.errors import ConfigError, DestinationError, ModelSyncError
-from job.modelcar import (
+from job.oci.client import Manifest, OciClient, UploadSession, sha256_digest
+from job.oci.modelcar import (
     LayerDescriptor,
     ModelLayer,
     base_annotations,
@@ -55,9 +56,8 @@ from job.modelcar import (
     modelcar_index,
     modelcar_manifest,
 )
-from job.oci_client import Manifest, RegistryClient, UploadSession, sha256_digest
-from job.oci_protocol import INDEX_TYPES, OCI_INDEX, OCI_MANIFEST
-from job.oci_ref import ImageReference, parse_reference
+from job.oci.protocol import INDEX_TYPES, OCI_INDEX, OCI_MANIFEST
+from job.oci.reference import ImageReference, parse_reference
 from job.retry import RetrySettings
 from job.sources.base import ObjectInfo, source_identity
 from job.streams import aiter_file, describe, spool
@@ -120,7 +120,7 @@ class OciDestination:
         self.base_ref = parse_reference(location.base_image or DEFAULT_BASE_IMAGE)
         self.storage_path = storage_path
         self.chunk_size = location.chunk_size
-        self.client = RegistryClient(
+        self.client = OciClient(
             self.target.api_host,
             username=location.username,
             password=location.password,
@@ -138,7 +138,7 @@ class OciDestination:
         else:
             # Another registry: its login from the docker config, if any; the destination's TLS settings.
             login = location.docker_config.lookup(self.base_ref.registry) if location.docker_config else None
-            self.base_client = RegistryClient(
+            self.base_client = OciClient(
                 self.base_ref.api_host,
                 username=login.username if login else None,
                 password=login.password if login else None,

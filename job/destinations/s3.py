@@ -33,7 +33,7 @@ uploads an earlier, killed try left open on a key are aborted before that key is
 rerun leaves no incomplete upload behind (a lifecycle rule ``AbortIncompleteMultipartUpload`` is still
 good practice for jobs that are never rerun).
 
-Retries. Every request goes through :meth:`~job.s3_common.S3Connection.call`: a part is in memory, so
+Retries. Every request goes through :meth:`~job.s3.client.S3Connection.call`: a part is in memory, so
 retrying its request is retrying the part. A part or file that still fails aborts its multipart upload
 and raises; the engine may then send the file again from its start. On cancellation (SIGTERM) the upload
 is left to :meth:`S3Destination.abort`, which the engine runs once, bounded, instead of once per part.
@@ -52,9 +52,9 @@ from job.config import JobConfig, S3Location
 from job.destinations.base import Committed, Uploaded
 from job.errors import ConfigError, DestinationAuthError, DestinationError, ModelSyncError
 from job.retry import RetrySettings
-from job.s3_common import MAX_PARTS, S3Connection, choose_part_size, grow_part_size, s3_uri
-from job.s3_parts import CHECKSUMS as _CHECKSUMS
-from job.s3_parts import Part, PartBody, read_part
+from job.s3.client import MAX_PARTS, S3Connection, choose_part_size, grow_part_size, s3_uri
+from job.s3.parts import CHECKSUMS as _CHECKSUMS
+from job.s3.parts import Part, PartBody, read_part
 from job.sources.base import ObjectInfo, source_identity
 from job.streams import ChunkReader
 

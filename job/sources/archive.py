@@ -46,9 +46,9 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Literal, Protocol
 
 from job.errors import IntegrityError, SourceError
-from job.shared_pass import SharedPass
+from job.formats.shared_pass import SharedPass
+from job.http.client import Download, HttpClient, display_url
 from job.sources.base import ObjectInfo, safe_relative_path
-from job.sources.uri import Download, HttpClient, display_url
 from job.streams import ChunkReader, aiter_file, spool
 
 log = logging.getLogger(__name__)
@@ -475,7 +475,7 @@ class _RangedTar:
 class _StreamedTar:
     """A tar or tar.gz read front to back: listed in one pass, members served by one shared second pass.
 
-    The second pass is a :class:`~job.shared_pass.SharedPass` over the (decompressed) archive: members are met
+    The second pass is a :class:`~job.formats.shared_pass.SharedPass` over the (decompressed) archive: members are met
     in listing order, which is archive order, and a member behind the pass restarts it (a warning: that is one
     more download).
     """

@@ -61,7 +61,7 @@ class Source(Protocol):
 
     seekable: bool
     """Capability: ``open(obj, offset=n)`` reads from byte ``n`` cheaply (a ranged GET, a seek), so the engine
-    resumes a read that broke mid-file there rather than sending the file again (``job.resume``). Every
+    resumes a read that broke mid-file there rather than sending the file again (``job.engine.resume``). Every
     source states it (True only when an offset read works), and a wrapper passes its inner source's on."""
 
     def list(self) -> AsyncIterator[ObjectInfo]:

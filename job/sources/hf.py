@@ -12,7 +12,7 @@ Listing follows ``huggingface_hub`` (``HfApi.repo_info`` then ``list_repo_tree``
 
 ``open()`` streams ``{endpoint}/{repo}/resolve/{sha}/{path}``. The Hub answers LFS files with a 302 to a CDN
 (a presigned URL on another host): the redirect is followed, and ``HF_TOKEN`` (``Authorization: Bearer``) is sent
-to the Hub endpoint's origin only, never to the CDN (see :class:`job.sources.uri.HttpClient`). A broken download
+to the Hub endpoint's origin only, never to the CDN (see :class:`job.http.client.HttpClient`). A broken download
 resumes with ``Range`` through the same resolve URL, which hands out a fresh CDN URL.
 
 The Hub answers 401 with ``X-Error-Code: RepoNotFound`` both for a repository that does not exist and for a
@@ -30,8 +30,8 @@ from typing import Any
 from urllib.parse import quote
 
 from job.errors import SourceAuthError, SourceError, SourceNotFound
+from job.http.client import HttpClient, display_url
 from job.sources.base import ObjectInfo, safe_relative_path
-from job.sources.uri import HttpClient, display_url
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ class HfSource:
     """A :class:`~job.sources.base.Source` over one model repository of the Hub at ``endpoint``."""
 
     seekable = False
-    """Not for the engine: an http read resumes by itself with ``Range`` (``job.sources.uri.Download``)."""
+    """Not for the engine: an http read resumes by itself with ``Range`` (``job.http.client.Download``)."""
 
     def __init__(self, client: HttpClient, *, endpoint: str, repo: str, revision: str = DEFAULT_REVISION) -> None:
         self._client = client

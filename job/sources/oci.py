@@ -4,9 +4,9 @@
 ``linux/<this machine>``) and tells the two kinds apart:
 
 * **Image**: the config is an image config and every layer is a tar layer. The files are those under
-  ``models/`` of the flattened layers (:class:`job.oci_layers.ModelTree`: later layers win, whiteouts and
+  ``models/`` of the flattened layers (:class:`job.formats.layers.ModelTree`: later layers win, whiteouts and
   links handled), named relative to ``models/``. Uncompressed layers are listed by reading their tar
-  headers with small ranged GETs (:class:`job.oci_layers.RangedInput`), so a 10 GiB modelcar lists in
+  headers with small ranged GETs (:class:`job.formats.layers.RangedInput`), so a 10 GiB modelcar lists in
   kilobytes; gzip layers are streamed and decompressed once. A layer labelled tar that starts with the
   gzip magic is read as gzip. zstd layers are refused (KServe cannot read them either).
   ``ObjectInfo.digest`` stays None: a layer digest is not the file's digest.
@@ -18,7 +18,7 @@
 
 ``open(obj, offset)``: a ranged GET of exactly the file's bytes (ORAS layers, uncompressed layers). A gzip
 layer has no random access, and an image built with ``COPY models/ /models/`` holds the whole model in one:
-its files are served from one shared pass over the decompressed layer (:class:`~job.shared_pass.SharedPass`),
+its files are served from one shared pass over the decompressed layer (:class:`~job.formats.shared_pass.SharedPass`),
 so the layer is downloaded and inflated once for all of them rather than once per file (n/2 times the layer
 for n files). Image files are listed in layer and tar order (path order within that), which is the order the
 pass meets them.
@@ -38,12 +38,12 @@ from typing import Any
 
 from job.config import JobConfig, OciLocation
 from job.errors import ConfigError, SourceError, SourceNotFound
-from job.oci_client import RegistryClient
-from job.oci_layers import FileLocation, ModelTree, RangedInput, StreamInput, TarMember, inflate, scan_tar
-from job.oci_protocol import ANNOTATION_TITLE, DOCKER_CONFIG, INDEX_TYPES, OCI_CONFIG, OCI_LAYER_TAR_GZIP
-from job.oci_ref import parse_reference
+from job.formats.layers import FileLocation, ModelTree, RangedInput, StreamInput, TarMember, inflate, scan_tar
+from job.formats.shared_pass import SharedPass
+from job.oci.client import OciClient
+from job.oci.protocol import ANNOTATION_TITLE, DOCKER_CONFIG, INDEX_TYPES, OCI_CONFIG, OCI_LAYER_TAR_GZIP
+from job.oci.reference import parse_reference
 from job.retry import RetrySettings
-from job.shared_pass import SharedPass
 from job.sources.base import ObjectInfo, safe_relative_path
 
 log = logging.getLogger(__name__)
@@ -96,7 +96,7 @@ class OciSource:
         self.ref = parse_reference(location.reference)
         self.platform = location.platform or default_platform()
         self.uri = f"oci://{self.ref}"
-        self.client = RegistryClient(
+        self.client = OciClient(
             self.ref.api_host,
             username=location.username,
             password=location.password,

@@ -14,7 +14,7 @@ honours ``If-Match`` on GET (older MinIO and Ceph RGW releases ignored it), and 
 would otherwise be read as the bytes after the offset. The source is ``seekable``: the engine resumes a
 read that broke (a reset, a body cut short, a read timeout) at its offset with another ranged GET.
 
-Every request goes through :meth:`~job.s3_common.S3Connection.call` (retries, ``Retry-After``), the
+Every request goes through :meth:`~job.s3.client.S3Connection.call` (retries, ``Retry-After``), the
 listing's pages too (one ``list_objects_v2`` per page instead of botocore's paginator, which would
 bypass it).
 
@@ -39,7 +39,7 @@ from typing import Any
 from job.config import JobConfig, S3Location
 from job.errors import ConfigError, SourceAuthError, SourceError, SourceNotFound
 from job.retry import RetrySettings
-from job.s3_common import MiB, S3Connection, choose_part_size, s3_uri
+from job.s3.client import MiB, S3Connection, choose_part_size, s3_uri
 from job.sources.base import ObjectInfo, safe_relative_path
 
 log = logging.getLogger(__name__)

@@ -24,8 +24,8 @@ import pytest
 
 from job.config import OciLocation
 from job.destinations.oci import OciDestination
+from job.engine.transfer import TransferSettings, transfer
 from job.sources.pvc import PvcSource
-from job.transfer import TransferSettings, transfer
 from tests.integration.jobs import (
     FAST,
     Run,

@@ -3,7 +3,7 @@
 Every image pushed here is pulled back with ``skopeo copy`` into an OCI layout and unpacked layer by layer
 (:func:`tests.servers.registry.unpack_rootfs`): the rootfs must hold the base image's files and, under
 ``/models``, exactly the model tree, byte for byte, with modes 0644/0755 and uid/gid 0. Pushes run through
-the real engine (``job.transfer.transfer``) from a directory (the pvc source).
+the real engine (``job.engine.transfer.transfer``) from a directory (the pvc source).
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ import pytest
 from pydantic import SecretStr
 
 from job.config import OciLocation, S3Location, build_job_config, load_settings
-from job.credentials import DockerConfig, RegistryLogin
 from job.destinations.oci import OciDestination
+from job.engine.transfer import TransferResult, TransferSettings, transfer
 from job.errors import (
     DestinationAuthError,
     DestinationError,
@@ -34,9 +34,9 @@ from job.errors import (
     UploadRejected,
 )
 from job.pipeline import make_destination, make_source
+from job.settings.credentials import DockerConfig, RegistryLogin
 from job.sources.oci import OciSource
 from job.sources.pvc import PvcSource
-from job.transfer import TransferResult, TransferSettings, transfer
 from tests.fakes import MemoryDestination, MemorySource
 from tests.servers.registry import (
     BASE_REPO,

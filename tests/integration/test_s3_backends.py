@@ -1,6 +1,6 @@
 """S3Source and S3Destination against real servers: SeaweedFS (checks keys and checksums) and moto.
 
-Models round-trip through the real engine (``job.transfer.transfer``); the other tests drive the
+Models round-trip through the real engine (``job.engine.transfer.transfer``); the other tests drive the
 backends directly. Part size is 5 MiB (S3's minimum) so multipart paths run on files of 10-17 MiB.
 """
 
@@ -23,11 +23,11 @@ from pydantic import SecretStr
 from job.config import S3Location
 from job.destinations import s3 as s3_destination
 from job.destinations.s3 import S3Destination
+from job.engine.transfer import TransferSettings, transfer
 from job.errors import DestinationAuthError, SourceAuthError, SourceError, SourceNotFound, UploadRejected
-from job.s3_common import MiB
+from job.s3.client import MiB
 from job.sources.base import ObjectInfo
 from job.sources.s3 import S3Source
-from job.transfer import TransferSettings, transfer
 from tests.fakes import FailingStream
 from tests.servers.s3 import S3Server, fresh_bucket
 

@@ -1,6 +1,6 @@
 """The uri source against real local http servers (tests/servers/http.py), through the real engine.
 
-Files, archives and Hub models are copied with ``job.transfer.transfer`` into a MemoryDestination (and, end to
+Files, archives and Hub models are copied with ``job.engine.transfer.transfer`` into a MemoryDestination (and, end to
 end, into SeaweedFS and into a modelcar image on a distribution registry), and compared byte for byte. The
 servers' request logs show what went over the wire: Range requests on resume, which headers reached which host.
 """
@@ -19,10 +19,11 @@ from pydantic import SecretStr
 from job.config import S3Location, UriLocation
 from job.destinations.oci import OciDestination
 from job.destinations.s3 import S3Destination
+from job.engine.transfer import TransferResult, TransferSettings, transfer
 from job.errors import SourceAuthError, SourceError, SourceNotFound
+from job.http.client import HttpSettings
 from job.retry import RetrySettings
-from job.sources.uri import HttpSettings, UriSource
-from job.transfer import TransferResult, TransferSettings, transfer
+from job.sources.uri import UriSource
 from tests.fakes import MemoryDestination
 from tests.servers.http import API_KEY, API_TOKEN, EVIL_TAR, EVIL_ZIP, HF_TOKEN, MODEL_FILES, SINGLE, HttpTestServer
 from tests.servers.registry import Registry, skopeo_pull, unpack_rootfs

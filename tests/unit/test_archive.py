@@ -19,6 +19,7 @@ import pytest
 import respx
 
 from job.errors import IntegrityError, SourceError
+from job.http.client import HttpClient, HttpSettings
 from job.sources.archive import (
     OUT_LIMIT,
     ArchiveSource,
@@ -29,7 +30,6 @@ from job.sources.archive import (
     check_entry,
 )
 from job.sources.base import ObjectInfo
-from job.sources.uri import HttpClient, HttpSettings
 from tests.servers.http import range_responder, tar_bytes, tar_entry, tar_with, zip_bytes
 
 FAST = HttpSettings(initial_wait=0.001, max_wait=0.01)

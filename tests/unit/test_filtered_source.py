@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from job.engine.transfer import TransferSettings, transfer
 from job.errors import SourceNotFound
 from job.retry import RetrySettings
 from job.sources.filtered import FilteredSource, matches
-from job.transfer import TransferSettings, transfer
 from tests.fakes import MemoryDestination, MemorySource
 
 FILES = ["config.json", "sub/config.json", "model.safetensors", "onnx/model.onnx", "onnx/extra/a.bin", "README.md"]

@@ -23,8 +23,8 @@ from job.intents import (
     run_intent,
     validate_spec,
 )
-from job.metadata import ModelArtifactMeta, ModelMetadata, ModelVersionMeta, RegisteredModelMeta
-from job.model_registry import ModelRegistryClient
+from job.model_registry.client import ModelRegistryClient
+from job.settings.metadata import ModelArtifactMeta, ModelMetadata, ModelVersionMeta, RegisteredModelMeta
 
 BASE = "http://registry.test"
 PREFIX = "/api/model_registry/v1"

@@ -32,10 +32,10 @@ def test_json_lines_carry_extra_fields(capsys: pytest.CaptureFixture[str]) -> No
 
 def test_text_lines_are_one_per_event(capsys: pytest.CaptureFixture[str]) -> None:
     configure_logging("INFO", "text")
-    logging.getLogger("job.progress").info("moved %s", "a")
-    logging.getLogger("job.progress").debug("not shown")
+    logging.getLogger("job.engine.progress").info("moved %s", "a")
+    logging.getLogger("job.engine.progress").debug("not shown")
     lines = capsys.readouterr().err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].endswith("INFO  job.progress: moved a")
+    assert len(lines) == 1 and lines[0].endswith("INFO  job.engine.progress: moved a")
 
 
 @pytest.mark.parametrize("fmt", ["text", "json"])

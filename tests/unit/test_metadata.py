@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from job.errors import ConfigError
-from job.metadata import (
+from job.settings.metadata import (
     ModelArtifactMeta,
     ModelMetadata,
     comparable_custom_properties,

@@ -1,4 +1,4 @@
-"""Modelcar layers and documents (job.modelcar), and reading layers back (job.oci_layers)."""
+"""Modelcar layers and documents (job.oci.modelcar), and reading layers back (job.formats.layers)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ from pathlib import PurePosixPath
 import pytest
 
 from job.errors import IntegrityError, SourceError
-from job.modelcar import (
+from job.formats.layers import FileLocation, ModelTree, RangedInput, StreamInput, TarMember, inflate, scan_tar
+from job.oci.modelcar import (
     LAYER_MTIME,
     LayerDescriptor,
     ModelLayer,
@@ -22,7 +23,6 @@ from job.modelcar import (
     modelcar_index,
     modelcar_manifest,
 )
-from job.oci_layers import FileLocation, ModelTree, RangedInput, StreamInput, TarMember, inflate, scan_tar
 
 
 async def chunks(*parts: bytes) -> AsyncIterator[bytes]:

@@ -1,4 +1,4 @@
-"""RegistryClient request sequences, pinned with respx: uploads, auth challenges, mounts, errors, TLS fallback."""
+"""OciClient request sequences, pinned with respx: uploads, auth challenges, mounts, errors, TLS fallback."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ import respx
 from pydantic import SecretStr
 
 from job.errors import DestinationAuthError, DestinationError, SourceAuthError, SourceNotFound, UploadRejected
-from job.oci_client import RegistryClient
-from job.oci_protocol import parse_challenge
+from job.oci.client import OciClient
+from job.oci.protocol import parse_challenge
 
 REG = "127.0.0.1:5000"
 BASE = f"https://{REG}"
@@ -32,8 +32,8 @@ async def chunks(*parts: bytes) -> AsyncIterator[bytes]:
         yield part
 
 
-def client(**kwargs: object) -> RegistryClient:
-    return RegistryClient(REG, **kwargs)  # type: ignore[arg-type]
+def client(**kwargs: object) -> OciClient:
+    return OciClient(REG, **kwargs)  # type: ignore[arg-type]
 
 
 def login() -> dict[str, object]:
@@ -417,7 +417,7 @@ def test_challenge_parsing() -> None:
 
 async def test_a_token_is_refreshed_before_it_expires(mock: respx.MockRouter, monkeypatch: pytest.MonkeyPatch) -> None:
     now = [1000.0]
-    monkeypatch.setattr("job.oci_protocol.time.monotonic", lambda: now[0])
+    monkeypatch.setattr("job.oci.protocol.time.monotonic", lambda: now[0])
     ping(mock, 401, BEARER)
     route = mock.head(f"{BASE}/v2/m/blobs/{sha(b'')}").respond(200)
     mock.get(REALM).mock(

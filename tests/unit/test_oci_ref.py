@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from job.errors import ConfigError
-from job.oci_ref import ImageReference, parse_reference
+from job.oci.reference import ImageReference, parse_reference
 
 DIGEST = "sha256:" + "a" * 64
 

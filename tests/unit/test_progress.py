@@ -7,7 +7,7 @@ import logging
 
 import pytest
 
-from job.progress import ProgressReporter, ProgressSnapshot, format_bytes, format_duration
+from job.engine.progress import ProgressReporter, ProgressSnapshot, format_bytes, format_duration
 
 
 class FakeClock:
@@ -26,12 +26,12 @@ def clock() -> FakeClock:
 
 
 def lines(caplog: pytest.LogCaptureFixture) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.name == "job.progress"]
+    return [r.getMessage() for r in caplog.records if r.name == "job.engine.progress"]
 
 
 @pytest.fixture(autouse=True)
 def _capture(caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="job.progress")
+    caplog.set_level(logging.INFO, logger="job.engine.progress")
 
 
 def test_format_bytes_and_duration() -> None:

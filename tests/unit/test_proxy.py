@@ -10,7 +10,7 @@ import httpx
 import pytest
 from botocore.utils import get_environ_proxies
 
-from job.proxy import normalise_no_proxy, normalised_no_proxy
+from job.http.proxy import normalise_no_proxy, normalised_no_proxy
 
 PROXY = "http://127.0.0.1:3128"
 IN_CLUSTER = "http://model-registry-service.kubeflow.svc.cluster.local:8080/api/model_registry/v1/registered_models"

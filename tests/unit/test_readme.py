@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from job.settings_table import BEGIN, END, render
+from job.settings.table import BEGIN, END, render
 
 README = Path(__file__).parents[2] / "README.md"
 
@@ -18,7 +18,7 @@ def test_readme_opens_with_the_two_commands() -> None:
 def test_settings_table_matches_the_settings_model() -> None:
     text = README.read_text(encoding="utf-8")
     block = text[text.index(BEGIN) + len(BEGIN) : text.index(END)].strip()
-    assert block == render(), "README settings table is stale: run `python -m job.settings_table --write README.md`"
+    assert block == render(), "README settings table is stale: run `python -m job.settings.table --write README.md`"
 
 
 def test_ci_runs_exactly_the_readme_test_command() -> None:

@@ -27,6 +27,8 @@ from botocore.exceptions import (  # type: ignore[import-untyped]
 
 from job.__main__ import StopWatchdog
 from job.destinations.base import Uploaded
+from job.engine.progress import ProgressReporter
+from job.engine.transfer import TransferSettings, transfer
 from job.errors import (
     IntegrityError,
     ModelSyncError,
@@ -34,14 +36,12 @@ from job.errors import (
     SourceError,
     UploadRejected,
 )
-from job.oci_protocol import error_for, transport_error
-from job.progress import ProgressReporter
+from job.oci.protocol import error_for, transport_error
 from job.retry import RetrySettings, carry_retryability, is_retryable, retry_after
-from job.s3_common import map_s3_error, s3_retryable
+from job.s3.client import map_s3_error, s3_retryable
 from job.sources.base import ObjectInfo, source_identity
 from job.sources.pvc import PvcSource
 from job.sources.s3 import _check_answer
-from job.transfer import TransferSettings, transfer
 from tests.fakes import MemoryDestination, MemorySource, sha256_of
 
 QUICK = RetrySettings(attempts=3, file_attempts=3, initial_wait=0.001, max_wait=0.002)
@@ -261,7 +261,7 @@ async def test_a_file_the_destination_already_has_is_not_read(caplog: pytest.Log
                 return Uploaded(obj=obj, size=len(DATA), sha256="", extra={"skipped": "true"})
             return None
 
-    caplog.set_level(logging.INFO, logger="job.progress")
+    caplog.set_level(logging.INFO, logger="job.engine.progress")
     source = MemorySource({"w.bin": DATA, "c.json": b"{}"}, etags={"w.bin": '"e1"'})
     dest = HasOne()
     result = await transfer(source, dest, SETTINGS)

@@ -28,7 +28,7 @@ from job.errors import (
     SourceNotFound,
     UploadRejected,
 )
-from job.s3_common import (
+from job.s3.client import (
     MAX_PART_SIZE,
     MAX_PARTS,
     MIN_PART_SIZE,
@@ -42,7 +42,7 @@ from job.s3_common import (
     redact,
     s3_uri,
 )
-from job.s3_parts import Part, PartBody, read_part
+from job.s3.parts import Part, PartBody, read_part
 from job.sources.s3 import S3Source, _as_prefix
 from job.streams import ChunkReader
 

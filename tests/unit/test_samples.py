@@ -813,7 +813,7 @@ def test_upstream_create_model_env_and_configmap_run_unchanged(tmp_path: Path, m
 
 
 def test_upstream_readme_configmap_loads_as_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from job.metadata import load_metadata
+    from job.settings.metadata import load_metadata
 
     pod = fake_pod(upstream_docs(UPSTREAM_CREATE_MODEL_ENV), tmp_path)
     meta = load_metadata(pod.mounts["/etc/model-metadata"])

@@ -20,7 +20,7 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 # Built from pieces so that this file does not name them itself. Not followed by a name character, so that a
-# relative link such as "../shared_pass.py" (job/shared_pass.py) is not taken for the shared directory.
+# relative link such as "../shared_pass.py" (job/formats/shared_pass.py) is not taken for the shared directory.
 _OUTSIDE = ("/work" + "/shared", ".." + "/shared", "/work" + "/main")
 OUTSIDE_PATH = re.compile("(?:" + "|".join(re.escape(p) for p in _OUTSIDE) + r")(?![\w-])")
 

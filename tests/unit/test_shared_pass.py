@@ -10,7 +10,7 @@ from contextlib import asynccontextmanager
 import pytest
 
 from job.errors import SourceError
-from job.shared_pass import SharedPass
+from job.formats.shared_pass import SharedPass
 
 DATA = bytes(range(256)) * 4  # 1024 bytes
 

@@ -1,4 +1,4 @@
-"""containers-certs.d for OCI registries (job.tls): CAs and client certificates found by registry host, checked
+"""containers-certs.d for OCI registries (job.oci.certs): CAs and client certificates found by registry host, checked
 with real TLS handshakes against a local server that trusts only its private CA and asks for a client cert."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from job.errors import ConfigError
-from job.tls import certs_d_dir, registry_ssl_context, untrusted_hint
+from job.oci.certs import certs_d_dir, registry_ssl_context, untrusted_hint
 
 EC = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1")
 

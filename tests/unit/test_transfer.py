@@ -11,12 +11,12 @@ from pathlib import PurePosixPath
 import pytest
 
 from job.destinations.base import Uploaded
+from job.engine.progress import ProgressReporter
+from job.engine.transfer import TransferResult, TransferSettings, check_listing, transfer
 from job.errors import ConfigError, DestinationError, IntegrityError, SourceError, UploadRejected
-from job.progress import ProgressReporter
 from job.retry import RetrySettings
 from job.sources.base import ObjectInfo
 from job.streams import MiB
-from job.transfer import TransferResult, TransferSettings, check_listing, transfer
 from tests.fakes import MemoryDestination, MemorySource, sha256_of
 
 TREE = {
@@ -354,11 +354,11 @@ def test_check_listing_accepts_siblings_with_common_prefixes() -> None:
 async def test_progress_logs_each_file_end_and_a_summary_but_nothing_per_chunk(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    caplog.set_level(logging.INFO, logger="job.progress")
+    caplog.set_level(logging.INFO, logger="job.engine.progress")
     frozen = ProgressReporter(interval=5, clock=lambda: 100.0)
     source = MemorySource(TREE, chunk_size=1)  # thousands of chunks
     await transfer(source, MemoryDestination(), SETTINGS, progress=frozen)
-    messages = [r.getMessage() for r in caplog.records if r.name == "job.progress"]
+    messages = [r.getMessage() for r in caplog.records if r.name == "job.engine.progress"]
     assert messages[0] == "transferring 5 files, 11.0 kB"
     assert sorted(m.split(" ")[1] for m in messages[1:-1]) == sorted(TREE)
     assert all(m.startswith("done ") for m in messages[1:-1])
@@ -366,13 +366,13 @@ async def test_progress_logs_each_file_end_and_a_summary_but_nothing_per_chunk(
 
 
 async def test_progress_interval_lines_while_bytes_flow(caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="job.progress")
+    caplog.set_level(logging.INFO, logger="job.engine.progress")
     ticks = iter(range(1_000_000))
     reporter = ProgressReporter(clock=lambda: float(next(ticks)))  # one second per clock reading
     source = MemorySource({"big.bin": b"x" * 100}, chunk_size=10)
     await transfer(source, MemoryDestination(), TransferSettings(progress_interval=3), progress=reporter)
     assert reporter.interval == 3  # taken from the settings, since the reporter set none
-    messages = [r.getMessage() for r in caplog.records if r.name == "job.progress"]
+    messages = [r.getMessage() for r in caplog.records if r.name == "job.engine.progress"]
     progress_lines = [m for m in messages if m.startswith("progress: ")]
     assert 2 <= len(progress_lines) < 10  # some lines over ~12 fake seconds, fewer than the 10 chunks
     assert progress_lines[0].startswith("progress: 30 B of 100 B (30.0%), 0 of 1 files")

@@ -33,8 +33,8 @@ from tenacity import RetryCallState
 
 from job.errors import ConfigError, ModelRegistryError
 from job.logs import add_secrets
-from job.metadata import comparable_custom_properties, writable_custom_properties
 from job.retry import DEFAULT_ATTEMPTS, DEFAULT_INITIAL_WAIT, RetrySettings, is_retryable
+from job.settings.metadata import comparable_custom_properties, writable_custom_properties
 
 __all__ = ["API_PREFIXES", "API_VERSIONS", "DEFAULT_TIMEOUT", "Entity", "ModelRegistryClient", "checked_id"]
 

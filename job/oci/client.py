@@ -2,14 +2,14 @@
 
 Both OCI backends use it (``job.destinations.oci``, ``job.sources.oci``); protocol code lives here once.
 
-**Auth** (``job.oci_protocol.RegistryAuth``): a ``GET /v2/`` ping learns Basic or Bearer; bearer tokens are
+**Auth** (``job.oci.protocol.RegistryAuth``): a ``GET /v2/`` ping learns Basic or Bearer; bearer tokens are
 fetched per scope set before each request needs them, and once more for the scopes a 401
 ``insufficient_scope`` names. Logins go only to the registry's origin and its token realm, tokens only to
 the registry's origin (never to a redirect target such as a presigned storage URL). Nothing logs tokens,
 ``Authorization`` headers or query strings.
 
 **TLS.** Verified by default; ``ca_bundle`` and the registry's containers-certs.d directory under
-``cert_dir`` (``job.tls``) add CAs to the system's, and client certificates. ``tls_verify=False`` behaves like
+``cert_dir`` (``job.oci.certs``) add CAs to the system's, and client certificates. ``tls_verify=False`` behaves like
 skopeo's ``--tls-verify=false``: https without verification, and plain http if https cannot connect.
 
 **Uploads stream.** ``POST /blobs/uploads/`` (``?mount=&from=`` for a blob in another repository: 201
@@ -23,19 +23,19 @@ after each PATCH.
 408/429/5xx with the job's policy (``job.retry.RetrySettings``: its budget, ``Retry-After`` honoured); every
 request has the job's connect and read timeouts, and none has a total one. A streamed PATCH cannot be
 replayed: it fails up with its retryability recorded, and the engine sends the file again in a new upload
-session (the OCI destination cancels the broken one; see ``job.transfer``).
+session (the OCI destination cancels the broken one; see ``job.engine.transfer``).
 
 **Errors** are mapped here, with distribution's ``errors[]`` body in the message: for a source, 401/403
 -> ``SourceAuthError``, 404 -> ``SourceNotFound``, else ``SourceError``; for a destination, 401/403 ->
 ``DestinationAuthError``, else ``UploadRejected(status, code, detail)``.
 
 **Why httpx and not oras-py (the seam).** oras-py is on the design card and is used where it fits: its
-media-type constants (``job.oci_protocol``), and in the tests as an independent ORAS pusher. The data
+media-type constants (``job.oci.protocol``), and in the tests as an independent ORAS pusher. The data
 path cannot use it: it is synchronous (requests), it uploads blobs from files on disk with the digest
 computed before the upload starts (we only know a layer's digest after its bytes have streamed), it has
 no cross-repository mount (the base image would be re-uploaded into every model repository), and on
 ``insufficient_scope`` it re-sends the same bearer token instead of asking for the scopes the registry
-named. Its reference parser does not fit either (see ``job.oci_ref``).
+named. Its reference parser does not fit either (see ``job.oci.reference``).
 """
 
 from __future__ import annotations
@@ -54,12 +54,12 @@ import httpx
 from pydantic import SecretStr
 
 from job.errors import IntegrityError, ModelSyncError
-from job.oci_protocol import MANIFEST_ACCEPT, RegistryAuth, Scopes, Side, error_for, transport_error
+from job.oci.certs import registry_ssl_context, untrusted_hint
+from job.oci.protocol import MANIFEST_ACCEPT, RegistryAuth, Scopes, Side, error_for, transport_error
 from job.retry import RetrySettings, is_retryable_status, log_before_sleep
 from job.streams import ChunkReader, describe
-from job.tls import registry_ssl_context, untrusted_hint
 
-__all__ = ["Manifest", "RegistryClient", "UploadSession", "sha256_digest"]
+__all__ = ["Manifest", "OciClient", "UploadSession", "sha256_digest"]
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +93,7 @@ class Manifest:
 
 @dataclass(slots=True, eq=False)
 class UploadSession:
-    """An open blob upload: abort it with :meth:`RegistryClient.cancel_upload`."""
+    """An open blob upload: abort it with :meth:`OciClient.cancel_upload`."""
 
     repository: str
     location: str
@@ -101,7 +101,7 @@ class UploadSession:
     done: bool = field(default=False)
 
 
-class RegistryClient:
+class OciClient:
     """Talk to one registry. Not bound to a repository: every call names one.
 
     ``side`` decides which errors are raised (see the module docstring). Close with :meth:`aclose`.

@@ -8,7 +8,7 @@
 2. **Put** the files, ``parallel_files`` at a time (a fixed pool of workers taking files in listing
    order). A destination with ``lookup(obj)`` is asked first whether an earlier try already wrote the
    file (same size and source identity): then it is not read nor sent again. Otherwise the file's
-   source stream (a :class:`~job.resume.SourceReader`, which resumes a broken read at its offset on a
+   source stream (a :class:`~job.engine.resume.SourceReader`, which resumes a broken read at its offset on a
    ``seekable`` source) is wrapped once in a :class:`~job.streams.CheckedStream` (byte count, progress,
    size check, and sha256 when the source listed one; source errors tagged as ``SourceError``), handed
    to ``destination.put``, and finished after ``put`` returns; the ``Uploaded`` it returns must report
@@ -38,9 +38,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import PurePosixPath
 
 from job.destinations.base import Committed, Destination, Uploaded
+from job.engine.progress import ProgressReporter
+from job.engine.resume import SourceReader, open_source
 from job.errors import ConfigError, IntegrityError, ModelSyncError, SourceError
-from job.progress import ProgressReporter
-from job.resume import SourceReader, open_source
 from job.retry import RetrySettings, log_before_sleep
 from job.sources.base import ObjectInfo, Source, safe_relative_path
 from job.streams import DEFAULT_CHUNK_SIZE, CheckedStream, MiB, describe

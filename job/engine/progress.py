@@ -12,7 +12,7 @@
   not counted twice;
 * ``finish()`` once at the end: the summary line.
 
-Lines go to the ``job.progress`` logger at INFO: one every ``interval`` seconds while bytes flow and one
+Lines go to the ``job.engine.progress`` logger at INFO: one every ``interval`` seconds while bytes flow and one
 at each file's end, with bytes done/total, percent, files, average rate (MB/s, decimal) and ETA. The
 numbers also travel as ``extra=`` fields, which the JSON log format emits. The clock is injectable
 (``clock=time.monotonic``) so tests drive time by hand.
@@ -133,7 +133,7 @@ class ProgressReporter:
             raise ValueError(f"progress interval must be > 0 seconds, got {interval}")
         self._interval = interval
         self._clock = clock
-        self._log = logger or logging.getLogger("job.progress")
+        self._log = logger or logging.getLogger("job.engine.progress")
         self.files_total = 0
         self.files_done = 0
         self.bytes_total: int | None = None

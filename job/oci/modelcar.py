@@ -36,7 +36,7 @@ from pathlib import PurePosixPath
 from typing import Any
 
 from job.errors import IntegrityError
-from job.oci_protocol import (
+from job.oci.protocol import (
     ANNOTATION_TITLE,
     DOCKER_CONFIG,
     DOCKER_LAYER_TAR_GZIP,

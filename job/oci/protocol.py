@@ -1,4 +1,4 @@
-"""The OCI distribution protocol's vocabulary for :mod:`job.oci_client`: media types, errors, and auth.
+"""The OCI distribution protocol's vocabulary for :mod:`job.oci.client`: media types, errors, and auth.
 
 Media types come from oras-py's ``oras.defaults`` where it has them. Error responses are mapped by
 :func:`error_for` (distribution's ``errors[]`` body in the message). The rest is auth: the ``/v2/`` ping,

@@ -2,7 +2,7 @@
 
 The engine retries in steps, smallest first (``job.retry``): each client retries its own *requests*; an S3
 *part* is one request with its bytes in memory; this module retries a *file's read*; the engine sends a
-*file* again from its start when that is not enough (``job.transfer``).
+*file* again from its start when that is not enough (``job.engine.transfer``).
 
 :class:`SourceReader` is the chunk iterator the engine wraps in its :class:`~job.streams.CheckedStream`. It
 opens the file through :func:`open_source` (library errors from opening or closing tagged as

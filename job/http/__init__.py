@@ -1,0 +1,1 @@
+"""Plain HTTP(S) shared by the http, archive and Hub sources: proxies."""
