@@ -21,19 +21,11 @@ from typing import NoReturn
 
 from pydantic import SecretStr
 
-from job.config import (
-    JobConfig,
-    OciLocation,
-    S3Location,
-    Settings,
-    UriLocation,
-    build_job_config,
-    load_settings,
-    unknown_env_settings,
-)
+from job.config import JobConfig, OciLocation, S3Location, UriLocation, build_job_config
 from job.errors import ModelSyncError
 from job.http.proxy import normalise_no_proxy
 from job.logs import RedactSecrets, configure_logging
+from job.settings.chain import Settings, load_settings, unknown_env_settings
 
 log = logging.getLogger("job")
 

@@ -1,7 +1,7 @@
 """Readers for mounted Kubernetes Secrets: an S3 key directory, a ``.dockerconfigjson``, a URI directory.
 
 Each reader turns a mounted Secret into plain values; it knows nothing about precedence. The
-settings layer (``job.config``) ranks what they return below CLI args and env vars.
+settings chain (``job.settings.layers``) ranks what they return below CLI args and env vars.
 
 A credentials path that was set but is missing or malformed is a ``ConfigError``: a Job whose
 Secret did not mount must fail before it talks to any server, with a message naming the setting.

@@ -33,7 +33,8 @@ from typing import NoReturn
 import pytest
 from packaging.utils import canonicalize_name
 
-from job.config import Settings, env_name
+from job.settings.chain import Settings
+from job.settings.names import env_name
 from tests.servers import in_ci
 from tests.unit.test_dockerfile import (
     REPO,

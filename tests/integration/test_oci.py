@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 
-from job.config import OciLocation, S3Location, build_job_config, load_settings
+from job.config import OciLocation, S3Location, build_job_config
 from job.destinations.oci import OciDestination
 from job.engine.transfer import TransferResult, TransferSettings, transfer
 from job.errors import (
@@ -34,6 +34,7 @@ from job.errors import (
     UploadRejected,
 )
 from job.pipeline import make_destination, make_source
+from job.settings.chain import load_settings
 from job.settings.credentials import DockerConfig, RegistryLogin
 from job.sources.oci import OciSource
 from job.sources.pvc import PvcSource

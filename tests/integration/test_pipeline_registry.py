@@ -13,11 +13,12 @@ from typing import Any
 import httpx
 import pytest
 
-from job.config import JobConfig, build_job_config, load_settings
+from job.config import JobConfig, build_job_config
 from job.engine.transfer import TransferSettings
 from job.errors import SourceError, Terminated
 from job.intents import MARKER_JOB_ID
 from job.pipeline import Plan, plan_job, run_until_terminated, sync
+from job.settings.chain import load_settings
 from tests.fakes import MemoryDestination, MemorySource
 from tests.integration.jobs import new_artifact
 from tests.standin.model_registry import ModelRegistryStandin

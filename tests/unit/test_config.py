@@ -8,14 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from job.config import (
-    Settings,
-    arg_name,
-    build_job_config,
-    env_name,
-    load_settings,
-)
+from job.config import build_job_config
 from job.errors import ConfigError
+from job.settings.chain import Settings, load_settings
+from job.settings.names import arg_name, env_name
 
 # Every env var and arg of the upstream README's table (Kubeflow's async-upload job README), verbatim.
 UPSTREAM_ENV_VARS = """
@@ -439,7 +435,7 @@ def test_dockerconfig_anonymous_entry_means_no_login(tmp_path: Path) -> None:
 
 
 def test_unknown_env_settings_are_reported_with_a_suggestion() -> None:
-    from job.config import unknown_env_settings
+    from job.settings.chain import unknown_env_settings
 
     notes = unknown_env_settings({"MODEL_SYNC_SOURCE_AWS_BUKET": "x", "MODEL_SYNC_SOURCE_TYPE": "s3", "HOME": "/"})
     assert notes == ["MODEL_SYNC_SOURCE_AWS_BUKET (did you mean MODEL_SYNC_SOURCE_AWS_BUCKET?)"]

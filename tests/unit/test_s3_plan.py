@@ -17,7 +17,7 @@ from botocore.exceptions import (  # type: ignore[import-untyped]
 )
 from pydantic import SecretStr
 
-from job.config import Intent, JobConfig, PvcLocation, RegistryConfig, S3Location
+from job.config import JobConfig, PvcLocation, RegistryConfig, S3Location
 from job.destinations.s3 import _CHECKSUMS, S3Destination, destination_key
 from job.errors import (
     ConfigError,
@@ -43,6 +43,7 @@ from job.s3.client import (
     s3_uri,
 )
 from job.s3.parts import Part, PartBody, read_part
+from job.settings.names import Intent
 from job.sources.s3 import S3Source, _as_prefix
 from job.streams import ChunkReader
 

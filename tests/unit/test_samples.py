@@ -31,20 +31,11 @@ import pytest
 import yaml
 
 import job.config
-from job.config import (
-    JobConfig,
-    OciLocation,
-    PvcLocation,
-    S3Location,
-    Settings,
-    UriLocation,
-    arg_name,
-    build_job_config,
-    env_name,
-    load_settings,
-)
+from job.config import JobConfig, OciLocation, PvcLocation, S3Location, UriLocation, build_job_config
 from job.errors import ConfigError
 from job.pipeline import plan_job
+from job.settings.chain import Settings, load_settings
+from job.settings.names import arg_name, env_name
 
 REPO = Path(__file__).parents[2]
 SAMPLES_DIR = REPO / "samples"

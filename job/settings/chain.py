@@ -1,0 +1,351 @@
+"""Settings: one flat interface (upstream's names), merged from an ordered chain.
+
+The interface is the upstream async-upload job's: every ``MODEL_SYNC_*`` env var has a matching
+``--kebab-case`` arg, so existing Job manifests run unchanged. Precedence is the one upstream
+documents (and its own code gets wrong, letting credential files win):
+
+    CLI args  >  env vars  >  credential files (*_CREDENTIALS_PATH)  >  defaults
+
+:class:`Settings` is that flat surface, built by pydantic-settings from the chain
+(:func:`load_settings`). :func:`build_job_config` then checks what depends on several settings
+(the source type needs its bucket, the intent needs its ids, ...) and maps the flat names onto the
+typed models the rest of the job uses (:class:`JobConfig`). Both steps raise only ``ConfigError``,
+whose one-line message names the env var and the arg, and neither touches the network.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal, NoReturn
+
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    CliSettingsSource,
+    InitSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+from job.errors import ConfigError
+from job.oci.certs import DEFAULT_CERTS_DIR
+from job.settings.credentials import header_value, secret_value
+from job.settings.layers import CredentialFilesSource, PlainEnvSource
+from job.settings.names import (
+    DEFAULT_METADATA_PATH,
+    ENV_PREFIX,
+    DestinationType,
+    Intent,
+    SourceType,
+    env_name,
+    setting_name,
+)
+
+__all__ = ["Settings", "load_settings", "unknown_env_settings"]
+
+
+class Settings(BaseSettings):
+    """The job's flat settings, named as upstream names them. See the README's settings table."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        extra="ignore",
+        cli_kebab_case=True,
+        validate_default=True,
+        hide_input_in_errors=True,
+    )
+
+    # --- source ---
+    source_type: SourceType = Field("s3", description="Where the model comes from: s3, uri, oci or pvc.")
+    source_s3_credentials_path: Path | None = Field(
+        None, description="Mounted S3 Secret dir (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION, ...)."
+    )
+    source_oci_credentials_path: Path | None = Field(
+        None, description="Mounted .dockerconfigjson (file, or a Secret dir holding it) for the source registry."
+    )
+    source_uri_credentials_path: Path | None = Field(None, description="Mounted Secret dir with a file URI.")
+    source_uri: str | None = Field(None, description="source-type uri: http(s) URL, archive URL or hf://org/model.")
+    source_aws_bucket: str | None = Field(None, description="source-type s3: bucket.")
+    source_aws_key: str | None = Field(None, description="source-type s3: object key, or a prefix ending in /.")
+    source_aws_region: str | None = Field(None, description="source-type s3: region.")
+    source_aws_access_key_id: SecretStr | None = Field(None, description="source-type s3: access key id.")
+    source_aws_secret_access_key: SecretStr | None = Field(None, description="source-type s3: secret key.")
+    source_aws_endpoint: str | None = Field(None, description="source-type s3: endpoint URL (non-AWS S3).")
+    source_oci_uri: str | None = Field(None, description="source-type oci: image reference to pull.")
+    source_oci_registry: str | None = Field(
+        None, description="source-type oci: registry the credentials belong to (default: the image's host)."
+    )
+    source_oci_username: str | None = Field(None, description="source-type oci: registry username.")
+    source_oci_password: SecretStr | None = Field(None, description="source-type oci: registry password.")
+    source_oci_enable_tls_verify: bool = Field(
+        True, description="source-type oci: verify TLS; false also allows plain http, as skopeo does."
+    )
+    source_oci_ca_bundle: Path | None = Field(None, description="source-type oci: CA bundle to verify the registry.")
+    source_path: Path | None = Field(None, description="source-type pvc: a mounted file or directory.")
+    source_include: str | None = Field(
+        None, description="Comma-separated globs: copy only matching files (any source type; '*' spans folders)."
+    )
+    source_exclude: str | None = Field(
+        None, description="Comma-separated globs: skip matching files (any source type), applied after include."
+    )
+
+    # --- destination ---
+    destination_type: DestinationType = Field("oci", description="Where the model goes: oci (modelcar) or s3.")
+    destination_s3_credentials_path: Path | None = Field(None, description="Mounted S3 Secret dir.")
+    destination_oci_credentials_path: Path | None = Field(None, description="Mounted .dockerconfigjson.")
+    destination_aws_bucket: str | None = Field(None, description="destination-type s3: bucket.")
+    destination_aws_key: str | None = Field(None, description="destination-type s3: key prefix to write under.")
+    destination_aws_region: str | None = Field(None, description="destination-type s3: region.")
+    destination_aws_access_key_id: SecretStr | None = Field(None, description="destination-type s3: access key id.")
+    destination_aws_secret_access_key: SecretStr | None = Field(None, description="destination-type s3: secret key.")
+    destination_aws_endpoint: str | None = Field(None, description="destination-type s3: endpoint URL.")
+    destination_oci_uri: str | None = Field(None, description="destination-type oci: image reference to push.")
+    destination_oci_registry: str | None = Field(
+        None, description="destination-type oci: registry the credentials belong to (default: the image's host)."
+    )
+    destination_oci_username: str | None = Field(None, description="destination-type oci: registry username.")
+    destination_oci_password: SecretStr | None = Field(None, description="destination-type oci: registry password.")
+    destination_oci_base_image: str = Field(
+        "busybox:latest", description="destination-type oci: base image of the modelcar (needs sh, ln, sleep)."
+    )
+    destination_oci_enable_tls_verify: bool = Field(
+        True, description="destination-type oci: verify TLS; false also allows plain http, as skopeo does."
+    )
+
+    destination_oci_ca_bundle: Path | None = Field(
+        None, description="destination-type oci: CA bundle to verify the registry."
+    )
+    destination_oci_chunk_size_mib: int = Field(
+        0,
+        ge=0,
+        le=1024,
+        description="destination-type oci: 0 sends each blob in one streamed PATCH; N sends N MiB chunked PATCHes.",
+    )
+    oci_platform: str | None = Field(
+        None, description="Platform to pick from a multi-arch image when reading one (default: linux/<this machine>)."
+    )
+    oci_cert_dir: Path = Field(
+        DEFAULT_CERTS_DIR,
+        description="containers-certs.d directory for every OCI registry (source, destination, base image): "
+        "<dir>/<host[:port]>/*.crt are trusted CAs, *.cert/*.key client certificates.",
+    )
+
+    # --- model registry entities and intent ---
+    model_upload_intent: Intent = Field(
+        Intent.UPDATE_ARTIFACT, description="create_model, create_version or update_artifact."
+    )
+    model_id: str | None = Field(None, description="RegisteredModel.id (create_version).")
+    model_version_id: str | None = Field(None, description="ModelVersion.id.")
+    model_artifact_id: str | None = Field(None, description="ModelArtifact.id (update_artifact).")
+    metadata_configmap_path: Path | None = Field(
+        None, description=f"Mounted metadata ConfigMap (default {DEFAULT_METADATA_PATH} when it exists)."
+    )
+    job_id: str | None = Field(
+        None, description="One id for a Kubernetes Job across its pod retries (the Job's controller-uid)."
+    )
+
+    # --- storage ---
+    storage_path: Path = Field(
+        Path("/tmp/model-sync"),  # noqa: S108 - upstream's default; we spool only a zip without ranges
+        description="Scratch dir; model-sync streams and uses it only to spool a zip the server cannot range.",
+    )
+
+    # --- model registry client ---
+    registry_server_address: str | None = Field(None, description="Model Registry address (with or without scheme).")
+    registry_port: int = Field(443, description="Model Registry port (a port in the address wins if unset).")
+    registry_is_secure: bool = Field(True, description="Use https for the Model Registry.")
+    registry_author: str | None = Field(None, description="Author recorded on created versions.")
+    registry_user_token: SecretStr | None = Field(None, description="Bearer token for the Model Registry.")
+    registry_user_token_envvar: str | None = Field(
+        None, description="Name of an env var holding the token file's path (or the token)."
+    )
+    registry_custom_ca: Path | None = Field(None, description="CA bundle to verify the Model Registry with.")
+    registry_custom_ca_envvar: str | None = Field(None, description="Name of an env var holding the CA path.")
+    registry_log_level: str = Field("WARNING", description="Log level of the Model Registry client.")
+    registry_api_version: Literal["auto", "v1", "v1alpha3"] = Field(
+        "auto",
+        description="Model Registry REST API: v1 (current servers), v1alpha3 (older ones), or auto: the first "
+        "answer tells.",
+    )
+
+    # --- transfer engine: part buffers are bounded by parallel_files x (parallel_parts + 1) x part size,
+    # 4 x 3 x 8 MiB = 96 MiB with the defaults (see job.engine.transfer.TransferSettings) ---
+    parallel_files: int = Field(4, ge=1, le=64, description="Files moved at once.")
+    parallel_parts: int = Field(2, ge=1, le=64, description="Parts in flight per multipart upload.")
+    part_size_mib: int | None = Field(
+        None, ge=5, le=5120, description="Multipart part size in MiB (default: chosen from the file size)."
+    )
+
+    # --- retries and timeouts (job.retry.RetrySettings): smallest unit first, a request, a part, a file ---
+    retry_attempts: int = Field(
+        5,
+        ge=1,
+        le=100,
+        description="Tries per request, the first included: transport errors, 408, 429, 5xx and S3 SlowDown are "
+        "retried, honouring Retry-After; auth, not-found and integrity errors never are.",
+    )
+    retry_file_attempts: int = Field(
+        3,
+        ge=1,
+        le=20,
+        description="Tries per file: a file whose transfer still fails that way is sent again from its start "
+        "(a broken read is first resumed at its offset where the source has ranges).",
+    )
+    retry_initial_wait: float = Field(
+        0.5, ge=0, le=60, description="Seconds the first retry waits at most; doubled for each further try (jitter)."
+    )
+    retry_max_wait: float = Field(
+        10.0, ge=0, le=600, description="Seconds: the longest wait between two tries when the server names none."
+    )
+    retry_after_max: float = Field(
+        60.0, ge=0, le=3600, description="Seconds: the longest Retry-After honoured; a longer one is cut to this."
+    )
+    connect_timeout: float = Field(
+        10.0, gt=0, le=600, description="Seconds to open a connection (TCP and TLS), for every network call."
+    )
+    read_timeout: float = Field(
+        60.0,
+        gt=0,
+        le=3600,
+        description="Seconds without a byte on an open connection before the call fails (and is retried); "
+        "no total timeout, so a large body may take as long as bytes keep moving.",
+    )
+    stop_timeout: float = Field(
+        8.0,
+        ge=1,
+        le=300,
+        description="Seconds from SIGTERM to exit: uploads are aborted and the registry restored within it "
+        "(keep it under the pod's terminationGracePeriodSeconds).",
+    )
+
+    # --- logs and Kubernetes ---
+    log_level: str = Field("INFO", description="Log level: DEBUG, INFO, WARNING, ERROR.")
+    log_format: Literal["text", "json"] = Field("text", description="text for people, json for log pipelines.")
+    termination_message_path: Path = Field(
+        Path("/dev/termination-log"), description="Where Kubernetes reads the termination message."
+    )
+
+    @field_validator(
+        "source_aws_access_key_id",
+        "source_aws_secret_access_key",
+        "source_oci_password",
+        "destination_aws_access_key_id",
+        "destination_aws_secret_access_key",
+        "destination_oci_password",
+        "registry_user_token",
+        mode="before",
+    )
+    @classmethod
+    def _secret(cls, value: object, info: ValidationInfo) -> object:
+        # Stripped and checked as they are read, whichever layer gave them (see credentials.secret_value).
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        if not isinstance(value, str):
+            return value
+        check = header_value if info.field_name == "registry_user_token" else secret_value
+        try:
+            return check(value, "value")
+        except ConfigError as exc:
+            raise ValueError(str(exc).removeprefix("value: ")) from None
+
+    @field_validator("log_level", "registry_log_level", mode="before")
+    @classmethod
+    def _log_level_name(cls, value: object) -> str:
+        # Upstream's default for the registry log level is logging.WARNING, i.e. the number 30.
+        text = str(value).strip().upper()
+        if text.isdigit():
+            text = logging.getLevelName(int(text))
+        if text not in ("DEBUG", "INFO", "WARNING", "WARN", "ERROR", "CRITICAL"):
+            raise ValueError(f"{value!r} is not one of DEBUG, INFO, WARNING, ERROR, CRITICAL")
+        return "WARNING" if text == "WARN" else text
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The CLI arrives as init kwargs (see load_settings), so init_settings *is* the CLI layer.
+        assert isinstance(init_settings, InitSettingsSource)
+        return (
+            init_settings,
+            PlainEnvSource(settings_cls),
+            CredentialFilesSource(settings_cls, higher=(init_settings, env_settings)),
+        )
+
+
+class _ArgumentParser(argparse.ArgumentParser):
+    """argparse that raises ConfigError (one line) instead of printing usage and exiting."""
+
+    def error(self, message: str) -> NoReturn:
+        raise ConfigError(f"command line: {message} (see model-sync --help)")
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """Shows each arg's env var, and a plain metavar instead of pydantic's type names."""
+
+    def __init__(self, prog: str) -> None:
+        super().__init__(prog, max_help_position=44, width=120)
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.dest != "help":
+            text += f" [env: {env_name(action.dest)}]"
+        return text
+
+    def _format_args(self, action: argparse.Action, default_metavar: str) -> str:
+        if action.choices:
+            return "{" + ",".join(str(c) for c in action.choices) + "}"
+        return "VALUE"
+
+
+def _cli_values(argv: Sequence[str]) -> dict[str, Any]:
+    parser = _ArgumentParser(
+        prog="model-sync",
+        usage="model-sync [options]   (every option also reads its env var, shown in brackets)",
+        description="Stream an ML model from a source to a destination and record it in Kubeflow Model Registry. "
+        "Precedence: CLI args > env vars > credential files > defaults.",
+        formatter_class=_HelpFormatter,
+    )
+    cli: CliSettingsSource[argparse.ArgumentParser] = CliSettingsSource(
+        Settings, root_parser=parser, cli_parse_args=list(argv), cli_kebab_case=True, cli_implicit_flags=False
+    )
+    return {k: v for k, v in cli().items() if v is not None}
+
+
+def load_settings(argv: Sequence[str]) -> Settings:
+    """Build the flat settings from the CLI (``argv``), the env, and the credential files.
+
+    Raises ConfigError naming the first setting that is invalid.
+    """
+    cli_values = _cli_values(argv)
+    try:
+        return Settings(**cli_values)
+    except ValidationError as exc:
+        raise _config_error(exc) from None
+
+
+def unknown_env_settings(environ: Mapping[str, str]) -> list[str]:
+    """``MODEL_SYNC_*`` env vars that name no setting (typos), each with a suggestion when one is close."""
+    import difflib
+
+    known = {env_name(f) for f in Settings.model_fields}
+    notes = []
+    for name in sorted(environ):
+        if name.startswith(ENV_PREFIX) and name not in known:
+            close = difflib.get_close_matches(name, known, n=1)
+            notes.append(f"{name} (did you mean {close[0]}?)" if close else name)
+    return notes
+
+
+def _config_error(exc: ValidationError) -> ConfigError:
+    first = exc.errors(include_input=False, include_url=False)[0]
+    field = str(first["loc"][0]) if first["loc"] else ""
+    what = setting_name(field) if field in Settings.model_fields else (field or "settings")
+    return ConfigError(f"invalid setting {what}: {first['msg'].removeprefix('Value error, ')}")

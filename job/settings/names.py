@@ -1,0 +1,43 @@
+"""The names of the settings: env vars and args as upstream's async-upload job spells them, and the enums."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+from typing import Literal
+
+ENV_PREFIX = "MODEL_SYNC_"
+DEFAULT_METADATA_PATH = Path("/etc/model-metadata")
+DEFAULT_SA_TOKEN_PATH = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
+# Kubeflow's Python client reads the token *path* from this env var when no other is named.
+DEFAULT_USER_TOKEN_ENVVAR = "KF_PIPELINES_SA_TOKEN_PATH"  # noqa: S105 - a name, not a token
+
+# Fields whose env var does not carry the MODEL_SYNC_ prefix (Kubernetes' own names).
+_UNPREFIXED_ENV = {"termination_message_path": "TERMINATION_MESSAGE_PATH"}
+
+
+def env_name(field: str) -> str:
+    """The env var of a setting: ``source_aws_bucket`` -> ``MODEL_SYNC_SOURCE_AWS_BUCKET``."""
+    return _UNPREFIXED_ENV.get(field, ENV_PREFIX + field.upper())
+
+
+def arg_name(field: str) -> str:
+    """The CLI arg of a setting: ``source_aws_bucket`` -> ``--source-aws-bucket``."""
+    return "--" + field.replace("_", "-")
+
+
+def setting_name(field: str) -> str:
+    """How a message names a setting: ``MODEL_SYNC_SOURCE_AWS_BUCKET (--source-aws-bucket)``."""
+    return f"{env_name(field)} ({arg_name(field)})"
+
+
+SourceType = Literal["s3", "uri", "oci", "pvc"]
+DestinationType = Literal["s3", "oci"]
+
+
+class Intent(StrEnum):
+    """What the job does in the Model Registry once the bytes have moved."""
+
+    CREATE_MODEL = "create_model"
+    CREATE_VERSION = "create_version"
+    UPDATE_ARTIFACT = "update_artifact"
