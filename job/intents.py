@@ -32,8 +32,8 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from job.destinations.base import Committed
 from job.errors import ConfigError, ModelRegistryError
+from job.model import Committed
 from job.model_registry.client import Entity, ModelRegistryClient, checked_id
 from job.settings.metadata import CustomProperties, ModelMetadata, writable_custom_properties
 from job.settings.names import Intent

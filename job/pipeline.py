@@ -19,11 +19,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from job.config import JobConfig, OciLocation, PvcLocation, S3Location, UriLocation
-from job.destinations.base import Committed, Destination
+from job.destinations.base import Destination
 from job.engine.progress import ProgressReporter
 from job.engine.transfer import TransferResult, TransferSettings, transfer
 from job.errors import ConfigError, Terminated
 from job.intents import IntentResult, IntentSpec, run_intent, validate_spec
+from job.model import Committed
 from job.model_registry.client import ModelRegistryClient
 from job.settings.metadata import ModelMetadata, load_metadata
 from job.sources.base import Source

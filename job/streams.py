@@ -29,8 +29,8 @@ from pathlib import Path
 from typing import BinaryIO
 
 from job.errors import IntegrityError, ModelSyncError, SourceError
+from job.model import ObjectInfo
 from job.retry import carry_retryability
-from job.sources.base import ObjectInfo
 
 MiB = 1024 * 1024
 DEFAULT_CHUNK_SIZE = MiB

@@ -23,9 +23,8 @@ from collections.abc import AsyncIterator, Callable, Collection, Iterable, Mappi
 from contextlib import asynccontextmanager
 from pathlib import PurePosixPath
 
-from job.destinations.base import Committed, Uploaded
 from job.errors import UploadRejected
-from job.sources.base import ObjectInfo
+from job.model import Committed, ObjectInfo, Uploaded
 
 
 def sha256_of(data: bytes) -> str:

@@ -2,7 +2,7 @@
 
 Call order, made by the engine:
 0. ``lookup(obj)`` once per file before it is read: the ``Uploaded`` an earlier try of the job
-   already wrote for ``obj`` (same path, size and source identity, see ``job.sources.base.source_identity``),
+   already wrote for ``obj`` (same path, size and source identity, see ``job.model.source_identity``),
    or None. A file found is neither read nor put; its ``Uploaded.size`` must be ``obj.size``.
 1. ``put(obj, data)`` once per file, several at a time (bounded by the engine's files semaphore).
    ``data`` is the source stream already wrapped by the engine (hashed, counted, errors tagged);
@@ -27,42 +27,9 @@ Call order, made by the engine:
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, field
 from typing import Protocol
 
-from job.sources.base import ObjectInfo
-
-
-@dataclass(frozen=True, slots=True)
-class Uploaded:
-    """What one ``put`` wrote."""
-
-    obj: ObjectInfo
-    size: int
-    sha256: str
-    """``sha256:<hex>`` of the file's bytes when something computed it, else ``""``.
-
-    The engine hashes a file only when its source listed a sha256 (to check it); a destination that
-    hashes what it wrote reports that, and the engine compares the two when both exist and fills in its
-    own when the destination left ``""``. Neither destination needs the whole-file hash (an OCI layer
-    has its own digest, S3 parts their own checksums), so a file from a source that lists no sha256 is
-    not hashed twice, nor once for nothing. For a file ``lookup`` found (not read this run) it is what
-    the destination recorded, or ``""``.
-    """
-    extra: dict[str, str] = field(default_factory=dict)
-    """Destination-specific facts (the layer digest of an OCI layer, an S3 version id, ...)."""
-
-
-@dataclass(frozen=True, slots=True)
-class Committed:
-    """What the destination holds after ``commit``: recorded in the registry and the termination message."""
-
-    uri: str
-    digest: str | None = None
-    """The manifest digest of an OCI image; ``None`` for S3."""
-    storage_path: str | None = None
-    """The artifact's ``storagePath`` where a serving layer needs it beside a storage key (the key prefix of
-    an S3 destination, as ModelMesh's ``storage: {key, path}`` takes it); ``None`` where the uri says all."""
+from job.model import Committed, ObjectInfo, Uploaded
 
 
 class Destination(Protocol):

@@ -45,8 +45,8 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from job.config import JobConfig, OciLocation
-from job.destinations.base import Committed, Uploaded
 from job.errors import ConfigError, DestinationError, ModelSyncError
+from job.model import Committed, ObjectInfo, Uploaded, source_identity
 from job.oci.client import Manifest, OciClient, UploadSession, sha256_digest
 from job.oci.modelcar import (
     LayerDescriptor,
@@ -59,7 +59,6 @@ from job.oci.modelcar import (
 from job.oci.protocol import INDEX_TYPES, OCI_INDEX, OCI_MANIFEST
 from job.oci.reference import ImageReference, parse_reference
 from job.retry import RetrySettings
-from job.sources.base import ObjectInfo, source_identity
 from job.streams import aiter_file, describe, spool
 
 log = logging.getLogger(__name__)

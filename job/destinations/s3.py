@@ -20,10 +20,10 @@ into ``model-sync-sha256``. The stream is read to its very end (``StopAsyncItera
 object is completed, so the engine's size and digest checks run before a wrong file can become visible.
 
 The whole-file sha256 is not computed here: the part checksums cover every byte, and the engine hashes
-a file only when its source listed a sha256 to check (see ``job.destinations.base.Uploaded``).
+a file only when its source listed a sha256 to check (see ``job.model.Uploaded``).
 
 Reruns. Every object is written with user metadata ``model-sync-source``: the file's identity at the
-source (:func:`~job.sources.base.source_identity`: its sha256 when listed, else its ETag, for a pvc its
+source (:func:`~job.model.source_identity`: its sha256 when listed, else its ETag, for a pvc its
 stat), and ``model-sync-sha256`` when the whole file's sha256 is known before the write (a listed
 digest, or a file that fits in one part). :meth:`S3Destination.lookup` HEADs the key before a file is
 sent: an object of the same size and identity was written by an earlier try and is not sent again (a
@@ -49,13 +49,12 @@ from pathlib import PurePosixPath
 from typing import Any, Literal
 
 from job.config import JobConfig, S3Location
-from job.destinations.base import Committed, Uploaded
 from job.errors import ConfigError, DestinationAuthError, DestinationError, ModelSyncError
+from job.model import Committed, ObjectInfo, Uploaded, source_identity
 from job.retry import RetrySettings
 from job.s3.client import MAX_PARTS, S3Connection, choose_part_size, grow_part_size, s3_uri
 from job.s3.parts import CHECKSUMS as _CHECKSUMS
 from job.s3.parts import Part, PartBody, read_part
-from job.sources.base import ObjectInfo, source_identity
 from job.streams import ChunkReader
 
 __all__ = ["_CHECKSUMS", "PartBody", "S3Destination", "destination_key"]

@@ -30,8 +30,9 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 
 from job.errors import ModelSyncError, SourceError
+from job.model import ObjectInfo
 from job.retry import RetrySettings, carry_retryability, is_retryable
-from job.sources.base import ObjectInfo, Source
+from job.sources.base import Source
 from job.streams import describe
 
 __all__ = ["SourceReader", "open_source"]

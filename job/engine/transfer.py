@@ -37,12 +37,13 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import PurePosixPath
 
-from job.destinations.base import Committed, Destination, Uploaded
+from job.destinations.base import Destination
 from job.engine.progress import ProgressReporter
 from job.engine.resume import SourceReader, open_source
 from job.errors import ConfigError, IntegrityError, ModelSyncError, SourceError
+from job.model import Committed, ObjectInfo, Uploaded, safe_relative_path
 from job.retry import RetrySettings, log_before_sleep
-from job.sources.base import ObjectInfo, Source, safe_relative_path
+from job.sources.base import Source
 from job.streams import DEFAULT_CHUNK_SIZE, CheckedStream, MiB, describe
 
 __all__ = [

@@ -26,7 +26,7 @@ from pathlib import PurePosixPath
 from typing import Protocol
 
 from job.errors import SourceError
-from job.sources.base import safe_relative_path
+from job.model import safe_relative_path
 from job.streams import ChunkReader
 
 __all__ = ["FileLocation", "ModelTree", "RangedInput", "StreamInput", "TarMember", "inflate", "scan_tar"]

@@ -147,7 +147,7 @@ class ModelLayer:
 class LayerDescriptor:
     """A pushed model layer: digest (= diff_id, the tar is uncompressed), size, and the file's path.
 
-    ``source`` is the file's identity at its source (``job.sources.base.source_identity``), annotated as
+    ``source`` is the file's identity at its source (``job.model.source_identity``), annotated as
     :data:`ANNOTATION_SOURCE` so that a rerun can find, in the manifest an earlier try pushed under the
     tag, the layer it would push for an unchanged file, and skip sending it.
     """

@@ -21,7 +21,7 @@ Each kind gets the cheapest design that keeps to it, with no temp disk where the
   spooled once to ``storage_path`` (one warning line) and read from there.
 
 Safety, for every kind: an entry with an absolute path, ``..``, a NUL or a backslash is refused with a
-SourceError naming it (:func:`~job.sources.base.safe_relative_path`); directories are skipped (they carry no
+SourceError naming it (:func:`~job.model.safe_relative_path`); directories are skipped (they carry no
 file); device files and fifos are refused; a symlink or hard link becomes a copy of its target's bytes when the
 target is a file (or a directory: its files) inside the archive, and is refused otherwise. A later entry of the
 same name replaces an earlier one, as extracting does. Sizes come from the tar headers (pax ``size`` for huge
@@ -48,7 +48,7 @@ from typing import Any, Literal, Protocol
 from job.errors import IntegrityError, SourceError
 from job.formats.shared_pass import SharedPass
 from job.http.client import Download, HttpClient, display_url
-from job.sources.base import ObjectInfo, safe_relative_path
+from job.model import ObjectInfo, safe_relative_path
 from job.streams import ChunkReader, aiter_file, spool
 
 log = logging.getLogger(__name__)

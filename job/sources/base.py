@@ -14,46 +14,11 @@ Contract:
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass
-from pathlib import PurePosixPath
 from typing import Protocol
 
-from job.errors import SourceError
-
-
-@dataclass(frozen=True, slots=True)
-class ObjectInfo:
-    """One file of the model, as a source lists it."""
-
-    path: PurePosixPath
-    """Relative path inside the model tree; validated by :func:`safe_relative_path`."""
-    size: int | None
-    """Byte size; ``None`` only where the source cannot know it (http without Content-Length)."""
-    digest: str | None = None
-    """``sha256:<hex>`` when the source already knows it (OCI layers, some S3 objects)."""
-    etag: str | None = None
-    """The source's version marker (S3 ETag, http ETag): a change between list and open is an error."""
-
-
-def source_identity(obj: ObjectInfo) -> str | None:
-    """A short ASCII string naming this exact version of the file at its source, or None when none is known.
-
-    The listed ``sha256:`` digest when there is one, else ``etag:<ETag>`` (a strong ETag only: a weak one
-    promises equivalent, not equal, bytes). A destination stores it with what it wrote, so that a rerun
-    recognises a file an earlier try already sent (same path, size and identity) and does not send it
-    again; rsync's quick check (size and mtime) is the same idea, and the pvc source's ETag is its stat.
-    """
-    if obj.digest:
-        return obj.digest.lower()
-    etag = obj.etag
-    if not etag or etag.startswith("W/"):
-        return None
-    if len(etag) > 200 or not (etag.isascii() and etag.isprintable()):
-        return "etag-sha256:" + hashlib.sha256(etag.encode("utf-8", "surrogateescape")).hexdigest()
-    return "etag:" + etag
+from job.model import ObjectInfo
 
 
 class Source(Protocol):
@@ -75,21 +40,3 @@ class Source(Protocol):
     async def close(self) -> None:
         """Release connections; called once by the engine."""
         ...
-
-
-def safe_relative_path(raw: str, *, what: str = "path") -> PurePosixPath:
-    """Return ``raw`` as a relative POSIX path, or raise SourceError if it could escape the model root.
-
-    Rejects absolute paths, ``..`` components, empty names and NUL bytes; strips a leading ``./``.
-    """
-    if "\x00" in raw or "\\" in raw:
-        raise SourceError(f"refusing {what} {raw!r}: it contains a NUL byte or a backslash")
-    path = PurePosixPath(raw)
-    if path.is_absolute():
-        raise SourceError(f"refusing {what} {raw!r}: absolute paths are not allowed")
-    parts = [p for p in path.parts if p != "."]
-    if not parts:
-        raise SourceError(f"refusing {what} {raw!r}: it names no file")
-    if ".." in parts:
-        raise SourceError(f"refusing {what} {raw!r}: '..' would escape the model root")
-    return PurePosixPath(*parts)

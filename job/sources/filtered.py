@@ -13,7 +13,8 @@ from contextlib import AbstractAsyncContextManager
 from fnmatch import fnmatchcase
 
 from job.errors import SourceNotFound
-from job.sources.base import ObjectInfo, Source
+from job.model import ObjectInfo
+from job.sources.base import Source
 
 
 def _normalise(patterns: Sequence[str]) -> tuple[str, ...]:

@@ -31,7 +31,7 @@ from urllib.parse import quote
 
 from job.errors import SourceAuthError, SourceError, SourceNotFound
 from job.http.client import HttpClient, display_url
-from job.sources.base import ObjectInfo, safe_relative_path
+from job.model import ObjectInfo, safe_relative_path
 
 log = logging.getLogger(__name__)
 

@@ -40,11 +40,11 @@ from job.config import JobConfig, OciLocation
 from job.errors import ConfigError, SourceError, SourceNotFound
 from job.formats.layers import FileLocation, ModelTree, RangedInput, StreamInput, TarMember, inflate, scan_tar
 from job.formats.shared_pass import SharedPass
+from job.model import ObjectInfo, safe_relative_path
 from job.oci.client import OciClient
 from job.oci.protocol import ANNOTATION_TITLE, DOCKER_CONFIG, INDEX_TYPES, OCI_CONFIG, OCI_LAYER_TAR_GZIP
 from job.oci.reference import parse_reference
 from job.retry import RetrySettings
-from job.sources.base import ObjectInfo, safe_relative_path
 
 log = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ from pathlib import Path, PurePosixPath
 
 from job.config import JobConfig, PvcLocation
 from job.errors import SourceError, SourceNotFound
-from job.sources.base import ObjectInfo, safe_relative_path
+from job.model import ObjectInfo, safe_relative_path
 from job.streams import aiter_file
 
 

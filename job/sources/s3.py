@@ -4,7 +4,7 @@
 that one file, named by the key's basename. Otherwise the key is a prefix: it is normalised to end in
 ``/`` (so ``models/m`` never matches ``models/mx/...``), listed with ``list_objects_v2`` pagination,
 folder markers (keys ending in ``/``) are skipped, and each path is the key relative to the prefix,
-checked by :func:`~job.sources.base.safe_relative_path`. An empty prefix is ``SourceNotFound``.
+checked by :func:`~job.model.safe_relative_path`. An empty prefix is ``SourceNotFound``.
 
 ``open(obj, offset)``: one GET with ``If-Match`` on the listed ETag (an object replaced since the listing
 is an error, not a silent mix of two versions) and ``Range: bytes=offset-`` when resuming; the body's
@@ -38,9 +38,9 @@ from typing import Any
 
 from job.config import JobConfig, S3Location
 from job.errors import ConfigError, SourceAuthError, SourceError, SourceNotFound
+from job.model import ObjectInfo, safe_relative_path
 from job.retry import RetrySettings
 from job.s3.client import MiB, S3Connection, choose_part_size, s3_uri
-from job.sources.base import ObjectInfo, safe_relative_path
 
 log = logging.getLogger(__name__)
 

@@ -25,8 +25,9 @@ from pydantic import SecretStr
 from job.config import JobConfig, UriLocation
 from job.errors import ConfigError, SourceError
 from job.http.client import Download, HttpClient, HttpSettings, display_url, filename_of
+from job.model import ObjectInfo
 from job.sources.archive import ArchiveSource, archive_kind, archive_kind_from_content_type
-from job.sources.base import ObjectInfo, Source
+from job.sources.base import Source
 from job.sources.hf import HfSource
 
 log = logging.getLogger(__name__)

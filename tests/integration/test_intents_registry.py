@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from job.destinations.base import Committed
 from job.errors import ModelRegistryError
 from job.intents import MARKER_DIGEST, MARKER_JOB_ID, MARKER_PREVIOUS_STATE, Intent, IntentSpec, run_intent
+from job.model import Committed
 from job.model_registry.client import ModelRegistryClient
 from job.settings.metadata import ModelMetadata, load_metadata, to_custom_properties
 from tests.standin.model_registry import ModelRegistryStandin

@@ -17,8 +17,8 @@ from job.config import OciLocation
 from job.destinations.oci import OciDestination
 from job.destinations.s3 import S3Destination
 from job.engine.transfer import TransferSettings, transfer
+from job.model import ObjectInfo
 from job.retry import RetrySettings
-from job.sources.base import ObjectInfo
 from tests.fakes import MemorySource, sha256_of
 from tests.integration.test_s3_backends import s3_location
 from tests.servers.registry import Registry

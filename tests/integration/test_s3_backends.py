@@ -25,8 +25,8 @@ from job.destinations import s3 as s3_destination
 from job.destinations.s3 import S3Destination
 from job.engine.transfer import TransferSettings, transfer
 from job.errors import DestinationAuthError, SourceAuthError, SourceError, SourceNotFound, UploadRejected
+from job.model import ObjectInfo
 from job.s3.client import MiB
-from job.sources.base import ObjectInfo
 from job.sources.s3 import S3Source
 from tests.fakes import FailingStream
 from tests.servers.s3 import S3Server, fresh_bucket

@@ -20,6 +20,7 @@ import respx
 
 from job.errors import IntegrityError, SourceError
 from job.http.client import HttpClient, HttpSettings
+from job.model import ObjectInfo
 from job.sources.archive import (
     OUT_LIMIT,
     ArchiveSource,
@@ -29,7 +30,6 @@ from job.sources.archive import (
     build_tree,
     check_entry,
 )
-from job.sources.base import ObjectInfo
 from tests.servers.http import range_responder, tar_bytes, tar_entry, tar_with, zip_bytes
 
 FAST = HttpSettings(initial_wait=0.001, max_wait=0.01)

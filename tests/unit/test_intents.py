@@ -11,7 +11,6 @@ import httpx
 import pytest
 import respx
 
-from job.destinations.base import Committed
 from job.errors import ConfigError, ModelRegistryError
 from job.intents import (
     MARKER_DIGEST,
@@ -23,6 +22,7 @@ from job.intents import (
     run_intent,
     validate_spec,
 )
+from job.model import Committed
 from job.model_registry.client import ModelRegistryClient
 from job.settings.metadata import ModelArtifactMeta, ModelMetadata, ModelVersionMeta, RegisteredModelMeta
 

@@ -8,7 +8,7 @@ from pathlib import Path, PurePosixPath
 import pytest
 
 from job.errors import SourceError, SourceNotFound
-from job.sources.base import ObjectInfo
+from job.model import ObjectInfo
 from job.sources.pvc import PvcSource
 
 

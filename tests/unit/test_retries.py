@@ -26,7 +26,6 @@ from botocore.exceptions import (  # type: ignore[import-untyped]
 )
 
 from job.__main__ import StopWatchdog
-from job.destinations.base import Uploaded
 from job.engine.progress import ProgressReporter
 from job.engine.transfer import TransferSettings, transfer
 from job.errors import (
@@ -36,10 +35,10 @@ from job.errors import (
     SourceError,
     UploadRejected,
 )
+from job.model import ObjectInfo, Uploaded, source_identity
 from job.oci.protocol import error_for, transport_error
 from job.retry import RetrySettings, carry_retryability, is_retryable, retry_after
 from job.s3.client import map_s3_error, s3_retryable
-from job.sources.base import ObjectInfo, source_identity
 from job.sources.pvc import PvcSource
 from job.sources.s3 import _check_answer
 from tests.fakes import MemoryDestination, MemorySource, sha256_of

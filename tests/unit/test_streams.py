@@ -10,7 +10,7 @@ from pathlib import Path, PurePosixPath
 import pytest
 
 from job.errors import IntegrityError, SourceError, SourceNotFound
-from job.sources.base import ObjectInfo
+from job.model import ObjectInfo
 from job.streams import CheckedStream, ChunkReader, aiter_file, describe, spool
 from tests.fakes import FailingStream, sha256_of
 

@@ -10,12 +10,11 @@ from pathlib import PurePosixPath
 
 import pytest
 
-from job.destinations.base import Uploaded
 from job.engine.progress import ProgressReporter
 from job.engine.transfer import TransferResult, TransferSettings, check_listing, transfer
 from job.errors import ConfigError, DestinationError, IntegrityError, SourceError, UploadRejected
+from job.model import ObjectInfo, Uploaded
 from job.retry import RetrySettings
-from job.sources.base import ObjectInfo
 from job.streams import MiB
 from tests.fakes import MemoryDestination, MemorySource, sha256_of
 

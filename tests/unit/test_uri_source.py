@@ -18,8 +18,8 @@ from pydantic import SecretStr
 from job.config import UriLocation
 from job.errors import SourceAuthError, SourceError, SourceNotFound
 from job.http.client import HttpClient, HttpSettings, display_url, filename_of
+from job.model import ObjectInfo
 from job.sources.archive import ArchiveSource
-from job.sources.base import ObjectInfo
 from job.sources.hf import HfSource, parse_hf_uri
 from job.sources.uri import HttpFileSource, UriSource
 from tests.servers.http import range_responder, tar_bytes
