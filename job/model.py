@@ -82,10 +82,12 @@ class Committed:
 def safe_relative_path(raw: str, *, what: str = "path") -> PurePosixPath:
     """Return ``raw`` as a relative POSIX path, or raise SourceError if it could escape the model root.
 
-    Rejects absolute paths, ``..`` components, empty names and NUL bytes; strips a leading ``./``.
+    Rejects absolute paths, ``..`` components, empty names, backslashes and control characters (a name with a
+    line break would forge log lines, and lands at the destination as it is); strips a leading ``./``. The
+    message shows the name escaped (``repr``), so it stays one line.
     """
-    if "\x00" in raw or "\\" in raw:
-        raise SourceError(f"refusing {what} {raw!r}: it contains a NUL byte or a backslash")
+    if "\\" in raw or any(ord(c) < 0x20 or ord(c) == 0x7F for c in raw):
+        raise SourceError(f"refusing {what} {raw!r}: it contains a control character or a backslash")
     path = PurePosixPath(raw)
     if path.is_absolute():
         raise SourceError(f"refusing {what} {raw!r}: absolute paths are not allowed")

@@ -4,9 +4,9 @@
 ``linux/<this machine>``) and tells the two kinds apart:
 
 * **Image**: the config is an image config and every layer is a tar layer. The files are those under
-  ``models/`` of the flattened layers (:class:`job.formats.layers.ModelTree`: later layers win, whiteouts and
+  ``models/`` of the flattened layers (:class:`job.formats.tree.ModelTree`: later layers win, whiteouts and
   links handled), named relative to ``models/``. Uncompressed layers are listed by reading their tar
-  headers with small ranged GETs (:class:`job.formats.layers.RangedInput`), so a 10 GiB modelcar lists in
+  headers with small ranged GETs (:class:`job.formats.tar.RangedInput`), so a 10 GiB modelcar lists in
   kilobytes; gzip layers are streamed and decompressed once. A layer labelled tar that starts with the
   gzip magic is read as gzip. zstd layers are refused (KServe cannot read them either).
   ``ObjectInfo.digest`` stays None: a layer digest is not the file's digest.
@@ -38,8 +38,10 @@ from typing import Any
 
 from job.config import JobConfig, OciLocation
 from job.errors import ConfigError, SourceError, SourceNotFound
-from job.formats.layers import FileLocation, ModelTree, RangedInput, StreamInput, TarMember, inflate, scan_tar
+from job.formats.gzip import GZIP_MAGIC, inflate
 from job.formats.shared_pass import SharedPass
+from job.formats.tar import RangedInput, StreamInput, TarEntry, scan_tar
+from job.formats.tree import ModelTree
 from job.model import ObjectInfo, safe_relative_path
 from job.oci.client import OciClient
 from job.oci.protocol import ANNOTATION_TITLE, DOCKER_CONFIG, INDEX_TYPES, OCI_CONFIG, OCI_LAYER_TAR_GZIP
@@ -75,6 +77,15 @@ def layer_compression(media_type: str) -> str | None:
     if media_type.endswith((".layer.v1.tar", "diff.tar")):
         return "tar"
     return None
+
+
+@dataclass(frozen=True, slots=True)
+class FileLocation:
+    """Where a file's bytes are: layer ``layer`` (its index), ``offset`` in the uncompressed tar, ``size``."""
+
+    layer: int
+    offset: int
+    size: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,13 +210,13 @@ class OciSource:
             # only with the tar+gzip media type (its pull extracts every layer of that type).
             unpack = str(annotations.get(ANNOTATION_UNPACK, "")).lower() == "true"
             if unpack or descriptor.get("mediaType") == OCI_LAYER_TAR_GZIP:
-                tree = ModelTree(path.as_posix(), what=self.uri)
+                tree: ModelTree[FileLocation] = ModelTree(path.as_posix(), what=f"reading {self.uri}")
                 compression = layer_compression(str(descriptor.get("mediaType"))) or "gzip"
                 index = self._add_layer(descriptor, compression)
-                tree.apply(index, await self._scan(index))
-                for rel, location in tree.files().items():
-                    self._files[path / rel] = location
-                    objects.append(ObjectInfo(path=path / rel, size=location.size))
+                tree.apply((m, FileLocation(index, m.offset, m.size)) for m in await self._scan(index))
+                for f in tree.files():
+                    self._files[path / f.path] = f.payload
+                    objects.append(ObjectInfo(path=path / f.path, size=f.payload.size))
                 continue
             index = self._add_layer(descriptor, "blob")
             size = int(descriptor["size"])
@@ -225,7 +236,7 @@ class OciSource:
         # Layers are scanned in parallel (bounded) and applied in order.
         limit = asyncio.Semaphore(_PARALLEL_SCANS)
 
-        async def scan(index: int) -> builtins.list[TarMember]:
+        async def scan(index: int) -> builtins.list[TarEntry]:
             async with limit:
                 return await self._scan(index)
 
@@ -236,23 +247,27 @@ class OciSource:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-        tree = ModelTree("models", what=self.uri)
+        tree: ModelTree[FileLocation] = ModelTree(
+            "models", what=f"reading {self.uri}", whiteouts=True, absolute_links=True
+        )
         for index, members in zip(indexes, scanned, strict=True):
-            tree.apply(index, members)
-        files = tree.files()
+            tree.apply((m, FileLocation(index, m.offset, m.size)) for m in members)
+        files = {f.path: f.payload for f in tree.files()}
         # Layer and tar order (path order for aliases of one member): the order a shared pass meets them.
         self._files = dict(sorted(files.items(), key=lambda item: (item[1].layer, item[1].offset, item[0])))
         return [ObjectInfo(path=path, size=location.size) for path, location in self._files.items()]
 
-    async def _scan(self, index: int) -> builtins.list[TarMember]:
+    async def _scan(self, index: int) -> builtins.list[TarEntry]:
         layer = self._layers[index]
         what = f"reading {self.uri} layer {layer.digest}"
         repo = self.ref.repository
         if layer.compression == "tar":
             ranged = RangedInput(
-                lambda start, length: self.client.read_blob(repo, layer.digest, start=start, length=length), layer.size
+                lambda start, length: self.client.read_blob(repo, layer.digest, start=start, length=length),
+                layer.size,
+                what,
             )
-            if (await ranged.read(2)).startswith(b"\x1f\x8b"):  # labelled tar, but gzip: read it as gzip
+            if (await ranged.read(2)).startswith(GZIP_MAGIC):  # labelled tar, but gzip: read it as gzip
                 self._layers[index] = layer = _Layer(layer.digest, layer.size, "gzip")
             else:
                 ranged.position = 0
@@ -260,7 +275,7 @@ class OciSource:
                 log.debug("%s: %d tar entries in %d ranged reads", what, len(members), ranged.requests)
                 return members
         async with self.client.open_blob(repo, layer.digest, what=what) as body:
-            return [m async for m in scan_tar(StreamInput(inflate(body, what)), what)]
+            return [m async for m in scan_tar(StreamInput(inflate(body, what), what), what)]
 
     # --- reading --------------------------------------------------------------------------------
 

@@ -249,8 +249,8 @@ CASES: dict[str, Case] = {
     # --- source contents (exit 1) ---
     "S3 prefix holding no objects": Case(_empty_s3_prefix, 1, "no objects under s3://"),
     "http file that does not exist": Case(_uri("/files/no/such/model.bin"), 1, "HTTP 404"),
-    "tar entry with '..'": Case(_uri("/files/evil/dotdot.tar"), 1, "refusing archive entry '../evil.txt'"),
-    "tar symlink out of the archive": Case(_uri("/files/evil/symlink.tar"), 1, "refusing archive entry 'escape'"),
+    "tar entry with '..'": Case(_uri("/files/evil/dotdot.tar"), 1, "refusing entry '../evil.txt'"),
+    "tar symlink out of the archive": Case(_uri("/files/evil/symlink.tar"), 1, "refusing entry 'escape'"),
     "zip entry with an absolute path": Case(_uri("/files/evil/absolute.zip"), 1, "'/etc/evil.txt'"),
     "pvc symlink out of the model directory": Case(_pvc_symlink_out, 1, "refusing escape"),
     "ORAS layer titled '../..'": Case(_oras_titled("../../etc/cron.d/evil"), 1, "'..' would escape the model root"),

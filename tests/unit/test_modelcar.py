@@ -1,19 +1,18 @@
-"""Modelcar layers and documents (job.oci.modelcar), and reading layers back (job.formats.layers)."""
+"""Modelcar layers and documents (job.oci.modelcar); reading layers back is tests/unit/test_formats.py's."""
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import io
 import json
 import tarfile
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from pathlib import PurePosixPath
 
 import pytest
 
-from job.errors import IntegrityError, SourceError
-from job.formats.layers import FileLocation, ModelTree, RangedInput, StreamInput, TarMember, inflate, scan_tar
+from job.errors import IntegrityError
+from job.formats.tar import RangedInput, scan_tar
 from job.oci.modelcar import (
     LAYER_MTIME,
     LayerDescriptor,
@@ -84,7 +83,7 @@ async def test_long_and_non_ascii_names_and_huge_sizes_get_pax_headers() -> None
     async def fetch(start: int, length: int) -> bytes:  # the header, then zeros (the file is not built)
         return (layer.header + bytes(length))[start : start + length] if start < len(layer.header) else bytes(length)
 
-    members = [m async for m in scan_tar(RangedInput(fetch, layer.layer_size), "test")]
+    members = [m async for m in scan_tar(RangedInput(fetch, layer.layer_size, "test"), "test")]
     assert [m.name.rstrip("/") for m in members] == ["models", f"models/{'d' * 120}", f"models/{long}"]
     assert members[-1].size == 9 * 1024**3 and members[-1].offset == len(layer.header)
 
@@ -179,169 +178,3 @@ def test_index_points_each_platform_at_its_new_manifest() -> None:
         ("sha256:A", 10, "amd64", "application/vnd.oci.image.manifest.v1+json"),
         ("sha256:B", 11, "arm64", "application/vnd.oci.image.manifest.v1+json"),
     ]
-
-
-# --- reading layers back ------------------------------------------------------------------------------
-
-
-def make_tar(entries: Sequence[tuple[str, bytes, bytes | str | None]], fmt: int = tarfile.PAX_FORMAT) -> bytes:
-    """``(name, type, data or link target)`` entries as an uncompressed tar."""
-    raw = io.BytesIO()
-    with tarfile.open(fileobj=raw, mode="w", format=fmt) as tar:
-        for name, kind, payload in entries:
-            info = tarfile.TarInfo(name)
-            info.type = kind
-            if isinstance(payload, str):
-                info.linkname = payload
-                tar.addfile(info)
-            elif payload is not None:
-                info.size = len(payload)
-                tar.addfile(info, io.BytesIO(payload))
-            else:
-                tar.addfile(info)
-    return raw.getvalue()
-
-
-async def scan_ranged(data: bytes) -> tuple[list[TarMember], int]:
-    async def fetch(start: int, length: int) -> bytes:
-        return data[start : start + length]
-
-    ranged = RangedInput(fetch, len(data))
-    members = [m async for m in scan_tar(ranged, "test")]
-    return members, ranged.requests
-
-
-@pytest.mark.parametrize("fmt", [tarfile.PAX_FORMAT, tarfile.GNU_FORMAT, tarfile.USTAR_FORMAT])
-async def test_scan_reads_headers_and_data_offsets(fmt: int) -> None:
-    long = "models/" + "n" * 90 + "/file.bin" if fmt != tarfile.USTAR_FORMAT else "models/file.bin"
-    data = make_tar(
-        [
-            ("models/", tarfile.DIRTYPE, None),
-            (long, tarfile.REGTYPE, b"x" * 700),
-            ("models/l", tarfile.SYMTYPE, "file.bin"),
-        ],
-        fmt,
-    )
-    members, _ = await scan_ranged(data)
-    assert [(m.name.rstrip("/"), m.type, m.size) for m in members] == [
-        ("models", tarfile.DIRTYPE, 0),
-        (long, tarfile.REGTYPE, 700),
-        ("models/l", tarfile.SYMTYPE, 0),
-    ]
-    assert data[members[1].offset : members[1].offset + 700] == b"x" * 700
-    assert members[2].linkname == "file.bin"
-
-
-async def test_listing_a_big_layer_reads_kilobytes() -> None:
-    big = 50 * 1024 * 1024
-    layer = ModelLayer(PurePosixPath("sub/w.bin"), big)
-    fetched: list[int] = []
-
-    async def fetch(start: int, length: int) -> bytes:
-        fetched.append(length)
-        whole = layer.header + bytes(big + layer.padding + 1024)  # bytes() are cheap zeros
-        return whole[start : start + length]
-
-    members = [m async for m in scan_tar(RangedInput(fetch, layer.layer_size), "test")]
-    assert [m.name.rstrip("/") for m in members] == ["models", "models/sub", "models/sub/w.bin"]
-    assert len(fetched) == 2 and sum(fetched) < 64 * 1024
-
-
-async def test_gzip_layers_stream_through_inflate() -> None:
-    data = make_tar([("models/a", tarfile.REGTYPE, b"A" * 3000), ("models/b", tarfile.REGTYPE, b"B")])
-    packed = gzip.compress(data[:5000]) + gzip.compress(data[5000:])  # two gzip members, like pigz
-    pieces = [packed[i : i + 100] for i in range(0, len(packed), 100)]
-    stream = StreamInput(inflate(chunks(*pieces), "test"))
-    members = [m async for m in scan_tar(stream, "test")]
-    assert [(m.name, m.size) for m in members] == [("models/a", 3000), ("models/b", 1)]
-    assert data[members[1].offset : members[1].offset + 1] == b"B"
-    with pytest.raises(SourceError, match="ends early"):
-        _ = [c async for c in inflate(chunks(packed[:-10]), "test")]
-
-
-def tree_of(*layers: Sequence[tuple[str, bytes, bytes | str | None]]) -> dict[str, FileLocation]:
-    tree = ModelTree("models", what="test image")
-    for index, entries in enumerate(layers):
-        members = [
-            TarMember(
-                name, kind, len(p) if isinstance(p, bytes) else 0, 1000 * index + i, p if isinstance(p, str) else ""
-            )
-            for i, (name, kind, p) in enumerate(entries)
-        ]
-        tree.apply(index, members)
-    return {str(path): loc for path, loc in tree.files().items()}
-
-
-def test_later_layers_win_whiteouts_and_opaque_directories() -> None:
-    files = tree_of(
-        [
-            ("models/", tarfile.DIRTYPE, None),
-            ("models/a", tarfile.REGTYPE, b"1"),
-            ("models/d/x", tarfile.REGTYPE, b"1"),
-            ("models/d/y", tarfile.REGTYPE, b"1"),
-            ("etc/passwd", tarfile.REGTYPE, b"root"),
-        ],
-        [
-            ("models/a", tarfile.REGTYPE, b"22"),
-            ("models/.wh.gone", tarfile.REGTYPE, b""),
-            ("models/d/.wh..wh..opq", tarfile.REGTYPE, b""),
-            ("models/d/z", tarfile.REGTYPE, b"3"),
-        ],
-        [("./models/b", tarfile.REGTYPE, b"4"), ("models/.wh.a", tarfile.REGTYPE, b"")],
-    )
-    assert sorted(files) == ["b", "d/z"]  # a whited out, d's lower files hidden, etc/ ignored
-    assert files["d/z"].layer == 1 and files["b"].layer == 2
-
-
-def test_a_whiteout_of_models_itself_hides_the_base() -> None:
-    files = tree_of(
-        [("models/base-file", tarfile.REGTYPE, b"x")],
-        [(".wh.models", tarfile.REGTYPE, b""), ("models/m", tarfile.REGTYPE, b"y")],
-    )
-    assert sorted(files) == ["m"]
-
-
-def test_links_inside_models_resolve_to_their_targets() -> None:
-    files = tree_of(
-        [
-            ("models/real/w.bin", tarfile.REGTYPE, b"w"),
-            ("models/link.bin", tarfile.SYMTYPE, "real/w.bin"),
-            ("models/abs.bin", tarfile.SYMTYPE, "/models/real/w.bin"),
-            ("models/hard.bin", tarfile.LNKTYPE, "models/real/w.bin"),
-            ("models/dirlink", tarfile.SYMTYPE, "real"),
-        ]
-    )
-    target = files["real/w.bin"]
-    assert {k: v == target for k, v in files.items()} == {
-        "abs.bin": True,
-        "dirlink/w.bin": True,
-        "hard.bin": True,
-        "link.bin": True,
-        "real/w.bin": True,
-    }
-
-
-@pytest.mark.parametrize(
-    ("entries", "named", "why"),
-    [
-        ([("../evil", tarfile.REGTYPE, b"x")], "../evil", "'..'"),
-        ([("models/../../evil", tarfile.REGTYPE, b"x")], "models/../../evil", "'..'"),
-        ([("/models/abs", tarfile.REGTYPE, b"x")], "/models/abs", "absolute"),
-        ([("models/pw", tarfile.SYMTYPE, "../../etc/passwd")], "models/pw", "leaves the image root"),
-        ([("models/pw", tarfile.SYMTYPE, "/etc/passwd")], "models/pw", "outside /models"),
-        ([("models/up", tarfile.SYMTYPE, "..")], "models/up", "outside /models"),
-        (
-            [("etc/passwd", tarfile.REGTYPE, b"x"), ("models/pw", tarfile.LNKTYPE, "etc/passwd")],
-            "models/pw",
-            "hard link",
-        ),
-        ([("models/dangling", tarfile.SYMTYPE, "nothing")], "models/dangling", "dangling"),
-        ([("models/loop", tarfile.SYMTYPE, "loop")], "models/loop", "too many levels"),
-    ],
-)
-def test_malicious_entries_are_refused_by_name(
-    entries: list[tuple[str, bytes, bytes | str | None]], named: str, why: str
-) -> None:
-    with pytest.raises(SourceError, match=why) as caught:
-        tree_of(entries)
-    assert repr(named) in str(caught.value)
