@@ -6,7 +6,7 @@ Retryability is a function, not a class in the error tree (see ``job.errors``):
   reset connections, timeouts, bodies cut short, protocol errors);
 * HTTP 408 (a proxy gave up waiting for our request body), 429 (a proxy or gateway in front of the
   service throttles us: kube-rbac-proxy, Istio and API gateways can) and every 5xx; S3's SlowDown is a 503
-  (``job.s3.client`` classifies botocore's own exceptions);
+  (``job.s3.errors`` classifies botocore's own exceptions);
 * never any other 4xx (auth, not found: the request itself is wrong and will be wrong again), and never an
   ``IntegrityError``;
 * a ``ModelSyncError`` carries the verdict its mapping recorded (``.retryable``), else its ``.status``.

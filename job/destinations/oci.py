@@ -47,7 +47,7 @@ from typing import Any
 from job.config import JobConfig, OciLocation
 from job.errors import ConfigError, DestinationError, ModelSyncError
 from job.model import Committed, ObjectInfo, Uploaded, source_identity
-from job.oci.client import Manifest, OciClient, UploadSession, sha256_digest
+from job.oci.client import Manifest, OciClient
 from job.oci.modelcar import (
     LayerDescriptor,
     ModelLayer,
@@ -58,6 +58,7 @@ from job.oci.modelcar import (
 )
 from job.oci.protocol import INDEX_TYPES, OCI_INDEX, OCI_MANIFEST
 from job.oci.reference import ImageReference, parse_reference
+from job.oci.upload import UploadSession, sha256_digest
 from job.retry import RetrySettings
 from job.streams import aiter_file, describe, spool
 

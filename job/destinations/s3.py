@@ -2,19 +2,17 @@
 
 ``put(obj, data)`` reads the first part (``part_size`` bytes) from the stream. If the stream ends within
 it (small files, 0-byte files, short streams of unknown size) the file goes up in one ``PutObject``.
-Otherwise it becomes a multipart upload: parts of ``part_size`` are read from the stream in order and
-up to ``parallel_parts`` are uploaded at once. A slot is taken *before* a part is read, so a file never
-holds more than ``parallel_parts x part_size`` bytes (s3transfer's bound). Any failure aborts the
-upload as soon as an upload id exists (s3transfer's rule), and re-raises; ``abort()`` retries every
-upload this destination started and did not finish.
+Otherwise the rest of the stream is handed to :class:`~job.s3.multipart.MultipartUploads`: parts of
+``part_size`` read in order, up to ``parallel_parts`` uploaded at once, a file never holding more than
+``parallel_parts x part_size`` bytes, the upload aborted on any failure (see :mod:`job.s3.multipart`);
+``abort()`` retries every upload this destination started and did not finish.
 
 Integrity: every request body carries a checksum the server verifies. Measured on SeaweedFS 4.48: a
 wrong ``ChecksumSHA256``, ``ChecksumCRC32`` or ``Content-MD5`` on PutObject or UploadPart is refused with
-400 ``BadDigest``; moto 5.2 verifies none of them. Parts of a multipart upload carry CRC32, the AWS
-SDKs' default since 2025: it catches what a checksum on the wire is for (corruption in transit) just as
-well as sha256, runs at 4.2 GB/s instead of 1.8 here, and is cheaper for the server to verify too (1 GiB
-s3->s3 in ``make bench``: 0.3 client and 0.8 server CPU-s less, 7.37 -> 6.75 s). A file known to fit in
-one part goes up with SHA256 instead (``checksum_single``): for a few MiB it costs nothing, and the
+400 ``BadDigest``; moto 5.2 verifies none of them. Parts of a multipart upload carry CRC32, the AWS SDKs' default
+since 2025: it catches what a checksum on the wire is for (corruption in transit) just as well as sha256,
+and is faster to compute and cheaper for the server to verify (README, Performance). A file known to fit
+in one part goes up with SHA256 instead (``checksum_single``): for a few MiB it costs nothing, and the
 object then keeps a full sha256 that ``head-object --checksum-mode ENABLED`` shows, which we also write
 into ``model-sync-sha256``. The stream is read to its very end (``StopAsyncIteration``) before the
 object is completed, so the engine's size and digest checks run before a wrong file can become visible.
@@ -49,12 +47,13 @@ from pathlib import PurePosixPath
 from typing import Any, Literal
 
 from job.config import JobConfig, S3Location
-from job.errors import ConfigError, DestinationAuthError, DestinationError, ModelSyncError
+from job.errors import ConfigError, DestinationAuthError, ModelSyncError
 from job.model import Committed, ObjectInfo, Uploaded, source_identity
 from job.retry import RetrySettings
-from job.s3.client import MAX_PARTS, S3Connection, choose_part_size, grow_part_size, s3_uri
+from job.s3.client import S3Connection, s3_uri
+from job.s3.multipart import MultipartUploads
 from job.s3.parts import CHECKSUMS as _CHECKSUMS
-from job.s3.parts import Part, PartBody, read_part
+from job.s3.parts import Part, PartBody, choose_part_size, read_part
 from job.streams import ChunkReader
 
 __all__ = ["_CHECKSUMS", "PartBody", "S3Destination", "destination_key"]
@@ -62,14 +61,10 @@ __all__ = ["_CHECKSUMS", "PartBody", "S3Destination", "destination_key"]
 log = logging.getLogger(__name__)
 
 ChecksumName = Literal["SHA256", "CRC32"]
-ABORT_TIMEOUT = 20.0
-"""Seconds one AbortMultipartUpload may take before we give up on it (and leave it to abort())."""
 META_SOURCE = "model-sync-source"
 """User metadata: the file's identity at its source (``x-amz-meta-model-sync-source``)."""
 META_SHA256 = "model-sync-sha256"
 """User metadata: ``sha256:<hex>`` of the whole file, when it was known before the write."""
-MAX_STALE_LISTING = 100
-"""Pages of ``ListMultipartUploads`` read to find uploads an earlier try left open (1,000 uploads a page)."""
 MAX_EXISTING_LISTING = 100
 """Pages of ``ListObjectsV2`` read to learn what is under the prefix already (1,000 keys a page); beyond
 that, each file is looked up with its own HEAD."""
@@ -111,11 +106,7 @@ class S3Destination:
         self.checksum_single = checksum_single
         """The checksum of a file whose listed size fits in one part (one PutObject)."""
         self._conn = S3Connection(location, side="destination", max_pool_connections=max_pool_connections, retry=retry)
-        self._open_uploads: dict[str, str] = {}
-        """upload id -> key of every multipart upload created and not yet completed or aborted."""
-        self._stale: dict[str, list[str]] | None = None
-        """key -> upload ids left open under the prefix by earlier tries (listed once, on first need)."""
-        self._stale_lock = asyncio.Lock()
+        self._multipart = MultipartUploads(self._conn, self.bucket, self.prefix, checksum=checksum)
         self._existing: dict[str, int] | None = None
         """key -> size of each object under the prefix before this run wrote any (listed once)."""
         self._existing_listed = False
@@ -231,10 +222,12 @@ class S3Destination:
                 metadata.setdefault(META_SHA256, "sha256:" + base64.b64decode(first.checksum).hex())
             etag = await self._put_object(key, obj, first, algorithm, metadata)
         else:
-            await self._abort_stale(key)
+            await self._multipart.abort_stale(key)
             # Handed over in a list so this frame does not keep the first part alive for the whole upload.
             handover, first = [first], Part([], 0, "")
-            etag = await self._multipart(key, obj, reader, slots, handover, part_size, metadata)
+            etag = await self._multipart.upload(
+                key, reader, slots, handover, part_size, metadata, path=str(obj.path), size=obj.size
+            )
         return Uploaded(obj=obj, size=reader.consumed, sha256="", extra={"key": key, "etag": etag})
 
     def _metadata(self, obj: ObjectInfo) -> dict[str, str]:
@@ -261,188 +254,13 @@ class S3Destination:
         )
         return str(response.get("ETag", ""))
 
-    async def _abort_stale(self, key: str) -> None:
-        """Abort the multipart uploads of ``key`` that an earlier (killed) try left open. Never raises."""
-        async with self._stale_lock:
-            if self._stale is None:
-                self._stale = await self._list_stale()
-        for upload_id in self._stale.pop(key, []):
-            if upload_id not in self._open_uploads:
-                log.info("aborting a multipart upload of %s left open by an earlier try", s3_uri(self.bucket, key))
-                await self._abort_upload(upload_id, key)
-
-    async def _list_stale(self) -> dict[str, list[str]]:
-        stale: dict[str, list[str]] = {}
-        prefix = self.prefix + "/" if self.prefix else ""
-        markers: dict[str, str] = {}
-        try:
-            for _ in range(MAX_STALE_LISTING):
-                page = await self._conn.call(
-                    "list_multipart_uploads",
-                    "listing open uploads under",
-                    self.uri,
-                    Bucket=self.bucket,
-                    Prefix=prefix,
-                    **markers,
-                )
-                for upload in page.get("Uploads", []):
-                    stale.setdefault(str(upload["Key"]), []).append(str(upload["UploadId"]))
-                if not page.get("IsTruncated"):
-                    break
-                markers = {
-                    "KeyMarker": page.get("NextKeyMarker", ""),
-                    "UploadIdMarker": page.get("NextUploadIdMarker", ""),
-                }
-        except ModelSyncError as exc:  # no s3:ListBucketMultipartUploads: nothing to clean, not a failure
-            log.debug("not looking for open multipart uploads: %s", exc)
-        return stale
-
-    async def _multipart(
-        self,
-        key: str,
-        obj: ObjectInfo,
-        reader: ChunkReader,
-        slots: asyncio.Semaphore,
-        first: list[Part],
-        part_size: int,
-        metadata: dict[str, str],
-    ) -> str:
-        target, path = s3_uri(self.bucket, key), str(obj.path)
-        created = await self._conn.call(
-            "create_multipart_upload",
-            "starting a multipart upload to",
-            target,
-            path=path,
-            Bucket=self.bucket,
-            Key=key,
-            ChecksumAlgorithm=self.checksum,
-            Metadata=metadata,
-        )
-        upload_id: str = created["UploadId"]
-        self._open_uploads[upload_id] = key
-        tasks: list[asyncio.Task[dict[str, Any]]] = []
-        failed: list[asyncio.Task[dict[str, Any]]] = []
-
-        def part_done(task: asyncio.Task[dict[str, Any]]) -> None:
-            # Note a failure before freeing the slot, so the reader sees it before reading another part.
-            if not task.cancelled() and task.exception() is not None:
-                failed.append(task)
-            slots.release()
-
-        try:
-            number, part = 1, first.pop()
-            new_hash = _CHECKSUMS[self.checksum][0]
-            while True:
-                task = asyncio.create_task(self._upload_part(key, upload_id, number, part, path))
-                task.add_done_callback(part_done)
-                tasks.append(task)
-                del part
-                if await reader.at_eof():
-                    break
-                await slots.acquire()
-                if failed:  # fail fast: a refused part stops the reading
-                    slots.release()
-                    await failed[0]
-                if obj.size is None:
-                    part_size = grow_part_size(part_size, number)
-                number += 1
-                if number > MAX_PARTS:
-                    slots.release()
-                    raise DestinationError(
-                        f"uploading {target}: more than {MAX_PARTS} parts of up to {part_size} bytes",
-                        uri=target,
-                        path=path,
-                    )
-                part = await read_part(reader, part_size, new_hash)
-            parts = [await task for task in tasks]
-            response = await self._complete(key, upload_id, parts, reader.consumed, path)
-        except BaseException as exc:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            if not isinstance(exc, asyncio.CancelledError):
-                # Cancelled (SIGTERM): abort() cleans up once, within the stop budget; here it would run
-                # once per file, unbounded by it.
-                await self._abort_upload(upload_id, key)
-            raise
-        del self._open_uploads[upload_id]
-        return str(response.get("ETag", ""))
-
-    async def _complete(
-        self, key: str, upload_id: str, parts: list[dict[str, Any]], size: int, path: str
-    ) -> dict[str, Any]:
-        target = s3_uri(self.bucket, key)
-        try:
-            response: dict[str, Any] = await self._conn.call(
-                "complete_multipart_upload",
-                "completing the multipart upload of",
-                target,
-                path=path,
-                Bucket=self.bucket,
-                Key=key,
-                UploadId=upload_id,
-                MultipartUpload={"Parts": parts},
-            )
-        except ModelSyncError as exc:
-            # A retried Complete whose first try did land (its answer was lost) finds the upload gone.
-            if getattr(exc, "code", None) != "NoSuchUpload":
-                raise
-            head = await self._conn.call("head_object", "looking up", target, path=path, Bucket=self.bucket, Key=key)
-            if int(head.get("ContentLength", -1)) != size or not str(head.get("ETag", "")).endswith(f'-{len(parts)}"'):
-                raise
-            response = head
-        return response
-
-    async def _upload_part(self, key: str, upload_id: str, number: int, part: Part, path: str) -> dict[str, Any]:
-        """Upload one part (the request, and so the part, is retried by ``S3Connection.call``)."""
-        field = _CHECKSUMS[self.checksum][1]
-        response = await self._conn.call(
-            "upload_part",
-            f"uploading part {number} of",
-            s3_uri(self.bucket, key),
-            path=path,
-            Bucket=self.bucket,
-            Key=key,
-            UploadId=upload_id,
-            PartNumber=number,
-            Body=PartBody(part),
-            ChecksumAlgorithm=self.checksum,
-            **{field: part.checksum},
-        )
-        return {"PartNumber": number, "ETag": response["ETag"], field: part.checksum}
-
-    async def _abort_upload(self, upload_id: str, key: str) -> bool:
-        """Abort one multipart upload; True when it is gone. Logs instead of raising."""
-        try:
-            async with asyncio.timeout(ABORT_TIMEOUT):
-                await self._conn.call(
-                    "abort_multipart_upload",
-                    "aborting the multipart upload of",
-                    s3_uri(self.bucket, key),
-                    Bucket=self.bucket,
-                    Key=key,
-                    UploadId=upload_id,
-                )
-        except TimeoutError:
-            log.warning(
-                "aborting the multipart upload of %s: gave up after %.0f s", s3_uri(self.bucket, key), ABORT_TIMEOUT
-            )
-            return False
-        except ModelSyncError as error:
-            if getattr(error, "code", None) != "NoSuchUpload":
-                log.warning("%s", error)
-                return False
-        self._open_uploads.pop(upload_id, None)
-        return True
-
     async def commit(self, uploaded: Sequence[Uploaded]) -> Committed:
         """Nothing to publish: every object is complete once ``put`` returned. Returns ``s3://bucket/prefix/``."""
         return Committed(uri=self.uri, storage_path=self.storage_path or None)
 
     async def abort(self) -> None:
         """Abort every multipart upload this destination created and did not finish. Never raises."""
-        for upload_id, key in list(self._open_uploads.items()):
-            await self._abort_upload(upload_id, key)
+        await self._multipart.abort_all()
 
     async def close(self) -> None:
         """Close the S3 client."""

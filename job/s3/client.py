@@ -1,18 +1,17 @@
-"""What the S3 source and destination share: one client per endpoint, part sizes, error mapping.
+"""The S3 client the S3 source and destination share: one per endpoint, every request retried and mapped.
 
 * :class:`S3Connection` builds one aioboto3 client from an :class:`~job.config.S3Location`, lazily on
   first use (backends are created synchronously by ``from_config``), and closes it once. Source and
   destination each hold their own, so they can be different endpoints with different credentials.
-* :func:`choose_part_size` picks a multipart part size within S3's limits.
-* :meth:`S3Connection.error` maps botocore / aiohttp exceptions onto the job's error tree, once, at the
-  backend boundary: "doing what, to which object: cause", with the server's error code, message and
-  request id, and never a key, a secret or a query string (presigned URLs carry their signature there).
-  The mapped error records whether the cause was worth retrying (:func:`s3_retryable`) and any
-  ``Retry-After`` the server sent.
 * :meth:`S3Connection.call` is every S3 request: one botocore call, retried with ``job.retry``'s tenacity
-  policy (the job's budget, ``Retry-After`` honoured), then mapped. botocore's own retries are off
+  policy (the job's budget, ``Retry-After`` honoured) while :func:`~job.s3.errors.s3_retryable`, then
+  mapped by :meth:`S3Connection.error` (:func:`~job.s3.errors.map_s3_error`: the server's code, message
+  and request id, never a key, a secret or a query string). botocore's own retries are off
   (``total_max_attempts=1``): its standard mode ignores ``Retry-After``, and two retry layers would
   multiply the budget.
+
+Part sizes are in :mod:`job.s3.parts`, the error mapping in :mod:`job.s3.errors`, the multipart upload
+protocol in :mod:`job.s3.multipart`.
 
 aioboto3 and botocore ship no type information: the client is ``Any`` at that seam, and only here.
 """
@@ -22,117 +21,21 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import math
-import re
-from collections.abc import Iterable
 from contextlib import AsyncExitStack
-from typing import Any, Literal
+from typing import Any
 
 import aioboto3  # type: ignore[import-untyped]
-import aiohttp
 from botocore.config import Config  # type: ignore[import-untyped]
-from botocore.exceptions import (  # type: ignore[import-untyped]
-    ClientError,
-    HTTPClientError,
-    IncompleteReadError,
-    NoCredentialsError,
-    PartialCredentialsError,
-)
-from botocore.exceptions import (
-    ConnectionError as BotoConnectionError,
-)
-from botocore.exceptions import (
-    SSLError as BotoSSLError,
-)
 from botocore.handlers import add_expect_header  # type: ignore[import-untyped]
 
 from job.config import S3Location
-from job.errors import (
-    DestinationAuthError,
-    DestinationError,
-    ModelSyncError,
-    SourceAuthError,
-    SourceError,
-    SourceNotFound,
-    UploadRejected,
-)
-from job.retry import RetrySettings, is_retryable, is_retryable_status, log_before_sleep, retry_after
+from job.errors import ModelSyncError
+from job.retry import RetrySettings, log_before_sleep
+from job.s3.errors import Side, describe_s3_error, map_s3_error, redact, s3_retryable
+
+__all__ = ["S3Connection", "client_config", "endpoint_url", "s3_uri"]
 
 log = logging.getLogger(__name__)
-
-MiB = 1024 * 1024
-MIN_PART_SIZE = 5 * MiB
-"""S3's smallest part (all but the last)."""
-MAX_PART_SIZE = 5 * 1024 * MiB
-"""S3's largest part."""
-MAX_PARTS = 10_000
-"""S3's most parts in one upload."""
-DEFAULT_PART_SIZE = 8 * MiB
-"""s3transfer's default: large enough to be efficient, small enough that parts x files stays small."""
-
-
-Side = Literal["source", "destination"]
-
-_NOT_FOUND = {"NoSuchBucket", "NoSuchKey", "NotFound", "404"}
-_AUTH = {
-    "AccessDenied",
-    "AllAccessDisabled",
-    "ExpiredToken",
-    "InvalidAccessKeyId",
-    "InvalidToken",
-    "SignatureDoesNotMatch",
-    "TokenRefreshRequired",
-    "401",
-    "403",
-}
-# botocore's standard retry mode treats these codes as transient or throttling (botocore/retries/standard.py);
-# SeaweedFS and MinIO answer SlowDown (503) under load, AWS also 503 ServiceUnavailable.
-_RETRYABLE_CODES = {
-    "BandwidthLimitExceeded",
-    "EC2ThrottledException",
-    "InternalError",
-    "LimitExceededException",
-    "PriorRequestNotComplete",
-    "ProvisionedThroughputExceededException",
-    "RequestLimitExceeded",
-    "RequestThrottled",
-    "RequestThrottledException",
-    "RequestTimeout",
-    "RequestTimeoutException",
-    "ServiceUnavailable",
-    "SlowDown",
-    "Throttling",
-    "ThrottlingException",
-    "TooManyRequestsException",
-    "TransactionInProgressException",
-}
-MIN_REDACTED = 6
-_QUERY = re.compile(r"(\b[a-z][a-z0-9+.-]*://[^\s?#'\"]*)\?[^\s#'\"]*", re.IGNORECASE)
-
-
-def choose_part_size(size: int | None, configured: int | None = None) -> int:
-    """The multipart part size for an object of ``size`` bytes (``None``: unknown).
-
-    ``configured`` (or 8 MiB), grown in whole MiB until ``size`` fits in 10,000 parts, then held within
-    S3's limits [5 MiB, 5 GiB]. An unknown size gets the configured size; the uploader grows its parts
-    as the count rises (:func:`grow_part_size`). A 5 TiB object (S3's largest) gets 525 MiB parts.
-    """
-    part = configured or DEFAULT_PART_SIZE
-    if size is not None and size > part * MAX_PARTS:
-        part = math.ceil(size / MAX_PARTS / MiB) * MiB
-    return max(MIN_PART_SIZE, min(MAX_PART_SIZE, part))
-
-
-def grow_part_size(part_size: int, parts_done: int) -> int:
-    """The part size after ``parts_done`` parts of a stream of unknown length.
-
-    Doubles every 1,000 parts (capped at 5 GiB), so 10,000 parts starting at 8 MiB hold about 8 TB
-    while a stream that turns out small never buffers more than the first size. Parts of different
-    sizes are valid S3 as long as all but the last are >= 5 MiB.
-    """
-    if parts_done and parts_done % 1000 == 0:
-        return min(MAX_PART_SIZE, part_size * 2)
-    return part_size
 
 
 def s3_uri(bucket: str, key: str = "") -> str:
@@ -153,7 +56,8 @@ def _session() -> Any:
     """One boto session for the process; each client gets its side's keys and region.
 
     A session loads and caches botocore's S3 model: a second session for the other side of an s3 -> s3 job
-    parsed it again, 50-100 ms of a job's start (a client of an existing session takes about 6 ms).
+    would parse it again, at every job's start, while a client of an existing session is cheap (README,
+    Performance).
     """
     return aioboto3.Session()
 
@@ -266,9 +170,7 @@ class S3Connection:
         return [s.get_secret_value() for s in (self.location.access_key_id, self.location.secret_access_key) if s]
 
     def _describe(self, exc: BaseException | None) -> str:
-        if isinstance(exc, ClientError):
-            return _describe_client_error(*_client_error_parts(exc))
-        return redact(f"{type(exc).__name__}: {exc}", self._secrets())
+        return describe_s3_error(exc, self._secrets())
 
     async def close(self) -> None:
         """Close the client and its connection pool; safe to repeat."""
@@ -278,141 +180,3 @@ class S3Connection:
     def error(self, exc: BaseException, doing: str, target: str, *, path: str | None = None) -> ModelSyncError:
         """Map ``exc`` raised while ``doing`` something to ``target`` (an s3:// URI) onto our errors."""
         return map_s3_error(exc, side=self.side, doing=doing, target=target, path=path, secrets=self._secrets())
-
-
-def s3_retryable(exc: BaseException) -> bool:
-    """Whether an S3 call that raised ``exc`` is worth repeating.
-
-    Transport failures (botocore's connection and HTTP-client errors, which aiobotocore raises for
-    resets, timeouts and bodies cut short; aiohttp's and the OS's own), 408/429/5xx answers, and the
-    error codes botocore's standard mode retries (throttling such as SlowDown, RequestTimeout,
-    InternalError). Never credentials, auth or not-found errors.
-    """
-    if isinstance(exc, ModelSyncError):
-        return is_retryable(exc)
-    if isinstance(exc, ClientError):
-        code, status, _, _ = _client_error_parts(exc)
-        return code in _RETRYABLE_CODES or (status is not None and is_retryable_status(status))
-    if isinstance(exc, NoCredentialsError | PartialCredentialsError | BotoSSLError | aiohttp.ClientSSLError):
-        return False  # the same on every try: a missing key, a certificate that does not verify
-    return isinstance(
-        exc,
-        BotoConnectionError
-        | HTTPClientError
-        | IncompleteReadError
-        | aiohttp.ClientConnectionError
-        | aiohttp.ClientPayloadError
-        | ConnectionError
-        | TimeoutError
-        | asyncio.TimeoutError,
-    )
-
-
-def redact(text: str, secrets: Iterable[str] = ()) -> str:
-    """``text`` without URL query strings and without any of ``secrets``.
-
-    Secrets shorter than :data:`MIN_REDACTED` are left alone: replacing a 1-letter "secret" everywhere
-    would garble the message, and no real S3 key is that short (AWS key ids are 20 characters).
-    """
-    text = _QUERY.sub(r"\1?<redacted>", text)
-    for secret in secrets:
-        if len(secret) >= MIN_REDACTED:
-            text = text.replace(secret, "<redacted>")
-    return " ".join(text.split())
-
-
-def _client_error_parts(exc: ClientError) -> tuple[str, int | None, str, str | None]:
-    response: dict[str, Any] = getattr(exc, "response", None) or {}
-    error = response.get("Error") or {}
-    meta = response.get("ResponseMetadata") or {}
-    status = meta.get("HTTPStatusCode")
-    code = str(error.get("Code") or status or "Unknown")
-    message = str(error.get("Message") or "")
-    request_id = meta.get("RequestId") or meta.get("HostId") or None
-    return code, status if isinstance(status, int) else None, message, request_id
-
-
-def _describe_client_error(code: str, status: int | None, message: str, request_id: str | None) -> str:
-    # HEAD responses have no body: botocore then reports the status as the code ("403", "Forbidden").
-    head = f"HTTP {status}" if code == str(status) else f"{code} (HTTP {status})" if status else code
-    text = f"{head}: {message}" if message and message != code else head
-    return f"{text} [request id {request_id}]" if request_id else text
-
-
-def map_s3_error(
-    exc: BaseException,
-    *,
-    side: Side,
-    doing: str,
-    target: str,
-    path: str | None = None,
-    secrets: Iterable[str] = (),
-) -> ModelSyncError:
-    """Map a botocore/aiohttp exception to the error tree (returned, for ``raise ... from exc``).
-
-    * source: NoSuchBucket / NoSuchKey / 404 -> ``SourceNotFound``; 401/403, AccessDenied,
-      InvalidAccessKeyId, SignatureDoesNotMatch, expired tokens, missing credentials ->
-      ``SourceAuthError``; a failed ``If-Match`` (412) -> ``SourceError`` saying the object changed;
-      anything else -> ``SourceError``.
-    * destination: the same auth cases -> ``DestinationAuthError``; any other answer from the server ->
-      ``UploadRejected`` (with ``.status`` and ``.code``, so a 5xx or SlowDown is seen as retryable);
-      transport failures -> ``DestinationError``.
-
-    A ``ModelSyncError`` is returned unchanged.
-    """
-    if isinstance(exc, ModelSyncError):
-        return exc
-    error = _map_s3_error(exc, side=side, doing=doing, target=target, path=path, secrets=list(secrets))
-    error.retryable = s3_retryable(exc)
-    error.retry_after = retry_after(exc)
-    return error
-
-
-def _map_s3_error(
-    exc: BaseException, *, side: Side, doing: str, target: str, path: str | None, secrets: list[str]
-) -> ModelSyncError:
-    source = side == "source"
-
-    def message(cause: str) -> str:
-        return redact(f"{doing} {target}: {cause}", secrets)
-
-    if isinstance(exc, ClientError):
-        code, status, server_message, request_id = _client_error_parts(exc)
-        cause = _describe_client_error(code, status, server_message, request_id)
-        if code in _AUTH or status in (401, 403):
-            cls = SourceAuthError if source else DestinationAuthError
-            return cls(message(f"access denied, check the access key and secret ({cause})"), uri=target, path=path)
-        if code == "NoSuchBucket":
-            cause = f"the bucket does not exist ({cause})"
-        if source:
-            if code in _NOT_FOUND or status == 404:
-                return SourceNotFound(message(cause), uri=target, path=path)
-            if code == "PreconditionFailed" or status == 412:
-                cause = f"the object changed after it was listed (its ETag no longer matches; {cause})"
-            return SourceError(message(cause), uri=target, path=path)
-        return UploadRejected(
-            message(cause),
-            status=status or 0,
-            code=code,
-            detail=redact(server_message, secrets) or None,
-            uri=target,
-            path=path,
-        )
-    if isinstance(exc, NoCredentialsError | PartialCredentialsError):
-        cls = SourceAuthError if source else DestinationAuthError
-        return cls(message(f"no usable S3 credentials ({exc})"), uri=target, path=path)
-    if isinstance(exc, BotoSSLError | aiohttp.ClientSSLError) and "CERTIFICATE_VERIFY_FAILED" in str(exc):
-        cause = (
-            "the endpoint's TLS certificate is not trusted: set AWS_CA_BUNDLE to the CA bundle that signed it "
-            f"({type(exc).__name__}: {exc})"
-        )
-    elif isinstance(exc, BotoConnectionError):
-        cause = f"cannot connect to the endpoint ({type(exc).__name__}: {exc})"
-    elif isinstance(exc, TimeoutError | asyncio.TimeoutError):
-        cause = f"timed out ({type(exc).__name__})"
-    elif isinstance(exc, aiohttp.ClientError | OSError):
-        cause = f"connection failed ({type(exc).__name__}: {exc})"
-    else:
-        cause = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-    cls_ = SourceError if source else DestinationError
-    return cls_(message(cause), uri=target, path=path)

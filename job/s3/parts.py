@@ -1,22 +1,23 @@
-"""S3 parts in memory: cut from the engine's stream, checksummed as they fill, sent without copies.
+"""S3 parts: sized within S3's limits, cut from the engine's stream, checksummed as they fill, sent uncopied.
 
-:func:`read_part` takes the next part from a :class:`~job.streams.ChunkReader` as the list of chunks the
-source produced, computing the part's S3 checksum (``x-amz-checksum-crc32`` or ``-sha256``) on the way.
-:class:`PartBody` hands a part to botocore and aiohttp as an async iterable of those chunks, so no layer
-makes a whole copy of it, and can be rewound (``seek``) when its request is retried. Used by
-``job.destinations.s3``.
+:func:`choose_part_size` picks a multipart part size within S3's limits, and :func:`grow_part_size` grows it
+while a stream of unknown length goes on. :func:`read_part` takes the next part from a
+:class:`~job.streams.ChunkReader` as the list of chunks the source produced, computing the part's S3
+checksum (``x-amz-checksum-crc32`` or ``-sha256``) on the way. :class:`PartBody` hands a part to botocore
+and aiohttp as an async iterable of those chunks, so no layer makes a whole copy of it, and can be rewound
+(``seek``) when its request is retried. Used by ``job.destinations.s3`` and :mod:`job.s3.multipart`; the
+S3 source sizes its ranged reads with :func:`choose_part_size`.
 
 A part is kept as its chunks rather than copied into one buffer, since the socket takes them one by one
-anyway. py-spy put about 11% of an s3->s3 run's samples on that copy and the zero-filled 8 MiB buffer
-behind it, but an A/B ``make bench`` showed no difference beyond noise (2.4 vs 2.5 client CPU-s per GiB):
-the gain is one chunk cutter (``ChunkReader``) instead of two. Only the chunk that straddles a part
-boundary is sliced.
+anyway; profiles and an A/B ``make bench`` of the two are in the README (Performance). The gain is one
+chunk cutter (``ChunkReader``) instead of two. Only the chunk that straddles a part boundary is sliced.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import math
 import zlib
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
@@ -24,7 +25,56 @@ from typing import Protocol
 
 from job.streams import ChunkReader
 
-__all__ = ["CHECKSUMS", "Crc32", "Hash", "Part", "PartBody", "read_part"]
+__all__ = [
+    "CHECKSUMS",
+    "DEFAULT_PART_SIZE",
+    "MAX_PARTS",
+    "MAX_PART_SIZE",
+    "MIN_PART_SIZE",
+    "Crc32",
+    "Hash",
+    "MiB",
+    "Part",
+    "PartBody",
+    "choose_part_size",
+    "grow_part_size",
+    "read_part",
+]
+
+MiB = 1024 * 1024
+MIN_PART_SIZE = 5 * MiB
+"""S3's smallest part (all but the last)."""
+MAX_PART_SIZE = 5 * 1024 * MiB
+"""S3's largest part."""
+MAX_PARTS = 10_000
+"""S3's most parts in one upload."""
+DEFAULT_PART_SIZE = 8 * MiB
+"""s3transfer's default: large enough to be efficient, small enough that parts x files stays small."""
+
+
+def choose_part_size(size: int | None, configured: int | None = None) -> int:
+    """The multipart part size for an object of ``size`` bytes (``None``: unknown).
+
+    ``configured`` (or 8 MiB), grown in whole MiB until ``size`` fits in 10,000 parts, then held within
+    S3's limits [5 MiB, 5 GiB]. An unknown size gets the configured size; the uploader grows its parts
+    as the count rises (:func:`grow_part_size`). A 5 TiB object (S3's largest) gets 525 MiB parts.
+    """
+    part = configured or DEFAULT_PART_SIZE
+    if size is not None and size > part * MAX_PARTS:
+        part = math.ceil(size / MAX_PARTS / MiB) * MiB
+    return max(MIN_PART_SIZE, min(MAX_PART_SIZE, part))
+
+
+def grow_part_size(part_size: int, parts_done: int) -> int:
+    """The part size after ``parts_done`` parts of a stream of unknown length.
+
+    Doubles every 1,000 parts (capped at 5 GiB), so 10,000 parts starting at 8 MiB hold about 8 TB
+    while a stream that turns out small never buffers more than the first size. Parts of different
+    sizes are valid S3 as long as all but the last are >= 5 MiB.
+    """
+    if parts_done and parts_done % 1000 == 0:
+        return min(MAX_PART_SIZE, part_size * 2)
+    return part_size
 
 
 class Hash(Protocol):

@@ -40,7 +40,8 @@ from job.config import JobConfig, S3Location
 from job.errors import ConfigError, SourceAuthError, SourceError, SourceNotFound
 from job.model import ObjectInfo, safe_relative_path
 from job.retry import RetrySettings
-from job.s3.client import MiB, S3Connection, choose_part_size, s3_uri
+from job.s3.client import S3Connection, s3_uri
+from job.s3.parts import MiB, choose_part_size
 
 log = logging.getLogger(__name__)
 

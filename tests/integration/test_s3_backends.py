@@ -26,7 +26,7 @@ from job.destinations.s3 import S3Destination
 from job.engine.transfer import TransferSettings, transfer
 from job.errors import DestinationAuthError, SourceAuthError, SourceError, SourceNotFound, UploadRejected
 from job.model import ObjectInfo
-from job.s3.client import MiB
+from job.s3.parts import MiB
 from job.sources.s3 import S3Source
 from tests.fakes import FailingStream
 from tests.servers.s3 import S3Server, fresh_bucket

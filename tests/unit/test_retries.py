@@ -38,7 +38,7 @@ from job.errors import (
 from job.model import ObjectInfo, Uploaded, source_identity
 from job.oci.protocol import error_for, transport_error
 from job.retry import RetrySettings, carry_retryability, is_retryable, retry_after
-from job.s3.client import map_s3_error, s3_retryable
+from job.s3.errors import map_s3_error, s3_retryable
 from job.sources.pvc import PvcSource
 from job.sources.s3 import _check_answer
 from tests.fakes import MemoryDestination, MemorySource, sha256_of

@@ -28,21 +28,19 @@ from job.errors import (
     SourceNotFound,
     UploadRejected,
 )
-from job.s3.client import (
+from job.s3.client import S3Connection, client_config, endpoint_url, s3_uri
+from job.s3.errors import map_s3_error, redact
+from job.s3.parts import (
     MAX_PART_SIZE,
     MAX_PARTS,
     MIN_PART_SIZE,
     MiB,
-    S3Connection,
+    Part,
+    PartBody,
     choose_part_size,
-    client_config,
-    endpoint_url,
     grow_part_size,
-    map_s3_error,
-    redact,
-    s3_uri,
+    read_part,
 )
-from job.s3.parts import Part, PartBody, read_part
 from job.settings.names import Intent
 from job.sources.s3 import S3Source, _as_prefix
 from job.streams import ChunkReader
