@@ -136,7 +136,7 @@ def run(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> int:
         settings = load_settings(argv)
         termination_path = settings.termination_message_path
         redactor = configure_logging(settings.log_level, settings.log_format, _secrets_of(settings, None))
-        logging.getLogger("job.model_registry.client").setLevel(settings.registry_log_level)
+        logging.getLogger("job.model_registry").setLevel(settings.registry_log_level)
         for unknown in unknown_env_settings(env):
             log.warning("ignoring env var %s: it is not a model-sync setting", unknown)
         config = build_job_config(settings, env)

@@ -1,17 +1,18 @@
 """Async client for the Kubeflow Model Registry REST API (v1 or v1alpha3): the calls model-sync needs, nothing more.
 
-Both API generations are spoken: the server's is found from the first answer (``api_version="auto"``) or
-forced (``MODEL_SYNC_REGISTRY_API_VERSION``).
+Both API generations are spoken (:mod:`job.model_registry.api`): the server's is found from the first answer
+(``api_version="auto"``) or forced (``MODEL_SYNC_REGISTRY_API_VERSION``).
 
 Entities are plain dicts in the REST (camelCase) shape. Behaviour follows the real Go server as described in
 ``tests/standin/BEHAVIOURS.md`` (cited as §n). Every non-2xx answer becomes
 ``ModelRegistryError`` (``.status``, ``.code``), one line: "what we did, to which object: <status> <code>:
-<server message>" from the ``{code, message}`` body (§5) or a plain-text body cut to 200 characters; the bearer
-token never appears in a message or log. ``find_*`` returns ``None`` on the server's JSON 404 (§5), ``get_*``
-raises. Retries (``job.retry``): transport errors, 408, 429 and 5xx with jittered exponential backoff, bounded
-by ``retry_attempts``; ``Retry-After`` (a throttling proxy's 429, a server's 503) sets the wait, capped. Never
-other 4xx. A create (POST) that failed ambiguously is not blindly re-sent (see ``_create``). Every PATCH sends
-``state``: the server resets an omitted state (§7).
+<server message>" from the ``{code, message}`` body (§5) or a plain-text body cut to 200 characters
+(:mod:`job.model_registry.errors`); the bearer token (:mod:`job.model_registry.token`) never appears in a
+message or log. ``find_*`` returns ``None`` on the server's JSON 404 (§5), ``get_*`` raises. Retries
+(``job.retry``, logged by its ``log_before_sleep``): transport errors, 408, 429 and 5xx with jittered exponential
+backoff, bounded by ``retry_attempts``; ``Retry-After`` (a throttling proxy's 429, a server's 503) sets the wait,
+capped. Never other 4xx. A create (POST) that failed ambiguously is not blindly re-sent (see ``_create``). Every
+PATCH sends ``state``: the server resets an omitted state (§7).
 """
 
 from __future__ import annotations
@@ -24,29 +25,24 @@ import ssl
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
 import httpx
-from tenacity import RetryCallState
 
 from job.errors import ConfigError, ModelRegistryError
-from job.logs import add_secrets
-from job.retry import DEFAULT_ATTEMPTS, DEFAULT_INITIAL_WAIT, RetrySettings, is_retryable
+from job.model_registry.api import ApiPrefix
+from job.model_registry.errors import error_body, retry_cause, status_error, unreachable_error
+from job.model_registry.token import BearerToken
+from job.retry import DEFAULT_ATTEMPTS, DEFAULT_INITIAL_WAIT, RetrySettings, is_retryable, log_before_sleep
 from job.settings.metadata import comparable_custom_properties, writable_custom_properties
 
-__all__ = ["API_PREFIXES", "API_VERSIONS", "DEFAULT_TIMEOUT", "Entity", "ModelRegistryClient", "checked_id"]
+__all__ = ["DEFAULT_TIMEOUT", "Entity", "ModelRegistryClient", "checked_id"]
 
 logger = logging.getLogger(__name__)
 
-API_PREFIXES = {"v1": "/api/model_registry/v1", "v1alpha3": "/api/model_registry/v1alpha3"}
-"""The REST API's two generations: same bodies and paths below the prefix (kubeflow/hub issue 2992 moved
-the API to ``v1``; Kubeflow's client 0.3.15 and later speak only ``v1``, 0.3.14 only ``v1alpha3``)."""
-API_VERSIONS = ("auto", *API_PREFIXES)
 DEFAULT_TIMEOUT = httpx.Timeout(30.0, connect=10.0)
 PAGE_SIZE = 100  # items per list request
-_MAX_BODY_TEXT = 200  # characters of a plain-text error body kept in a message
 _ID = re.compile(r"^[1-9][0-9]{0,9}$")  # ids are decimal strings (§3)
 # Not in PATCH bodies: the update schemas lack them and the strict decoder answers 400 (§2).
 _NOT_UPDATABLE = frozenset(
@@ -100,15 +96,6 @@ def _matches(sent: Mapping[str, Any], found: Mapping[str, Any]) -> bool:
     return True
 
 
-def _stat_key(path: Path) -> tuple[int, int, int] | None:
-    """What tells a rewritten file (kubelet swaps a ``..data`` symlink): inode, mtime, size; None if missing."""
-    try:
-        st = path.stat()
-    except OSError:
-        return None
-    return (st.st_ino, st.st_mtime_ns, st.st_size)
-
-
 def _is_raw_retryable(exc: BaseException) -> bool:
     # Only retry raw httpx failures inside our loop: a ModelRegistryError raised by a nested call (the
     # lookup before a re-sent POST) already went through its own retries.
@@ -143,31 +130,19 @@ class ModelRegistryClient:
         retry: RetrySettings | None = None,
         api_version: str = "auto",
     ) -> None:
-        base = base_url.rstrip("/")
-        for version, prefix in API_PREFIXES.items():
-            if base.endswith(prefix):  # the address names the API already: that generation, not doubled
-                base, api_version = base.removesuffix(prefix), version
-        if api_version not in API_VERSIONS:
-            raise ConfigError(
-                f"Model Registry API version must be one of {', '.join(API_VERSIONS)}, got {api_version!r}"
-            )
-        self._prefix: str | None = API_PREFIXES.get(api_version)
-        """The API prefix in use; None until the first answer tells (``auto``)."""
+        self._api = ApiPrefix(base_url, api_version)
         headers = {"Accept": "application/json"}
         if token:
             headers["Authorization"] = f"Bearer {token}"
         self.author = author
-        self._tokens = [token] if token else []
-        """Every token this client held, for redaction; the last one is sent."""
-        self._token_file = Path(token_file) if token_file is not None else None
-        self._token_stat = _stat_key(self._token_file) if self._token_file is not None else None
+        self._token = BearerToken(token, token_file)
         # The job's settings (MODEL_SYNC_RETRY_*, *_TIMEOUT) when given; the keyword defaults otherwise.
         self._retry = retry or RetrySettings(attempts=retry_attempts, initial_wait=retry_initial_wait)
         self._attempts = self._retry.attempts
         if retry is not None and timeout is DEFAULT_TIMEOUT:
             timeout = retry.httpx_timeout()
         self._http = httpx.AsyncClient(
-            base_url=base,
+            base_url=self._api.origin,
             headers=headers,
             verify=_ssl_verify(verify),
             timeout=timeout,
@@ -343,7 +318,8 @@ class ModelRegistryClient:
     ) -> Entity:
         """One logical call with retries. Returns the JSON object ({} for an empty body or a JSON 404 when
         ``missing_ok``). ``before_retry`` runs before each re-send; a non-None result ends the call with it."""
-        policy = self._retry.policy(retry_on=_is_raw_retryable, before_sleep=self._log_retry(what))
+        log_retry = log_before_sleep(logger, what, self._attempts, retry_cause(self._token.redact))
+        policy = self._retry.policy(retry_on=_is_raw_retryable, before_sleep=log_retry)
         try:
             async for attempt in policy:
                 with attempt:
@@ -353,14 +329,10 @@ class ModelRegistryClient:
                             return landed
                     return await self._send(what, method, path, params=params, json=json, missing_ok=missing_ok)
         except httpx.HTTPStatusError as exc:
-            raise self._error(what, exc.response) from exc
+            raise status_error(what, exc.response, served=self._api.served(), redact=self._token.redact) from exc
         except httpx.TransportError as exc:
-            detail = self._redact(str(exc)) or "no detail"
-            origin = str(self._http.base_url).rstrip("/")
-            raise ModelRegistryError(
-                f"{what}: cannot reach the Model Registry at {origin}: {type(exc).__name__}: {detail} "
-                f"(after {self._attempts} attempts)"
-            ) from exc
+            origin, redact = str(self._http.base_url).rstrip("/"), self._token.redact
+            raise unreachable_error(what, exc, origin=origin, attempts=self._attempts, redact=redact) from exc
         raise AssertionError("unreachable: the retry policy re-raises")  # pragma: no cover
 
     async def _send(
@@ -368,12 +340,12 @@ class ModelRegistryClient:
     ) -> Entity:
         self._reload_token()
         started = time.monotonic()
-        response = await self._request(method, path, params=params, json=json)
+        response = await self._api.request(self._http, method, path, params=params, json=json)
         if response.status_code == 401 and self._reload_token(force=True):
             logger.info(
                 "the registry refused the token; sending %s %s again with the token file's new one", method, path
             )
-            response = await self._request(method, path, params=params, json=json)
+            response = await self._api.request(self._http, method, path, params=params, json=json)
         took, target = time.monotonic() - started, response.request.url.raw_path.decode()
         logger.debug("%s %s -> %d (%.3fs)", method, target, response.status_code, took)
         if response.is_success:
@@ -388,102 +360,17 @@ class ModelRegistryClient:
                     status=response.status_code,
                 )
             return data
-        if missing_ok and response.status_code == 404 and _error_body(response) is not None:
+        if missing_ok and response.status_code == 404 and error_body(response) is not None:
             return {}
         raise httpx.HTTPStatusError(
             f"{response.status_code} from {method} {path}", request=response.request, response=response
         )
 
-    async def _request(self, method: str, path: str, *, params: Mapping[str, str] | None, json: Any) -> httpx.Response:
-        """Send one request under the API prefix in use. Until one is known (``auto``), try ``v1`` first and
-        fall back to ``v1alpha3`` when the server does not know the route: chi's plain-text 404, never the
-        JSON 404 of a missing entity (tests/standin/BEHAVIOURS.md, § intro). That costs nothing on a current server
-        and one request, once, on an older one; a route-less 404 commits nothing, so a POST is safe to resend.
-        """
-        if self._prefix is not None:
-            return await self._http.request(method, self._prefix + path, params=params, json=json)
-        response = await self._http.request(method, API_PREFIXES["v1"] + path, params=params, json=json)
-        if response.status_code == 404 and _error_body(response) is None:
-            older = await self._http.request(method, API_PREFIXES["v1alpha3"] + path, params=params, json=json)
-            if older.status_code == 404 and _error_body(older) is None:
-                return response  # neither generation: the caller's error says so
-            self._prefix = API_PREFIXES["v1alpha3"]
-            logger.info("the Model Registry serves the v1alpha3 API; using it")
-            return older
-        if response.status_code < 500 and response.status_code not in (401, 403):
-            self._prefix = API_PREFIXES["v1"]
-        return response
-
     def _reload_token(self, *, force: bool = False) -> bool:
-        """Read the token file again if it changed (or if ``force``); True when the token is a new one.
-
-        A file that cannot be read or is empty keeps the current token: the request then fails, or not,
-        on its own merits.
-        """
-        if self._token_file is None:
+        """Read the token file again if it changed (or if ``force``; :meth:`BearerToken.reload`); True when the
+        token is a new one, which is then sent from here on."""
+        token = self._token.reload(force=force)
+        if token is None:
             return False
-        key = _stat_key(self._token_file)
-        if key == self._token_stat and not force:
-            return False
-        self._token_stat = key
-        try:
-            token = self._token_file.read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            logger.warning("cannot read the registry token file %s again: %s", self._token_file, exc.strerror)
-            return False
-        if not token or (self._tokens and token == self._tokens[-1]):
-            return False
-        self._tokens.append(token)
-        add_secrets([token])
         self._http.headers["Authorization"] = f"Bearer {token}"
-        logger.debug("read a new registry token from %s", self._token_file)
         return True
-
-    def _error(self, what: str, response: httpx.Response) -> ModelRegistryError:
-        status = response.status_code
-        parsed = _error_body(response)
-        if parsed is not None:
-            code, message = parsed
-        else:
-            code = response.reason_phrase or None
-            message = " ".join(response.text.split())[:_MAX_BODY_TEXT] or "(empty body)"
-            if status == 404:
-                # chi's plain-text 404: no such route, so not a missing entity (tests/standin/BEHAVIOURS.md § intro).
-                served = self._prefix or " or ".join(API_PREFIXES.values())
-                message += f" (is the registry address right, and does it serve {served}?)"
-        head = f"{status} {code}" if code else str(status)
-        return ModelRegistryError(self._redact(f"{what}: {head}: {message}"), status=status, code=code)
-
-    def _redact(self, text: str) -> str:
-        # A server or proxy may echo what it rejected; too short a "token" would only mangle the text.
-        for token in self._tokens:
-            if len(token) >= 8:
-                text = text.replace(token, "***")
-        return text
-
-    def _log_retry(self, what: str) -> Callable[[RetryCallState], None]:
-        def log(state: RetryCallState) -> None:
-            exc = state.outcome.exception() if state.outcome is not None else None
-            cause = (
-                f"HTTP {exc.response.status_code}"
-                if isinstance(exc, httpx.HTTPStatusError)
-                else self._redact(f"{type(exc).__name__}: {exc}")
-            )
-            wait = state.next_action.sleep if state.next_action is not None else 0.0
-            attempt = f"attempt {state.attempt_number + 1} of {self._attempts}"
-            logger.warning("%s: %s; retrying in %.1fs (%s)", what, cause, wait, attempt)
-
-        return log
-
-
-def _error_body(response: httpx.Response) -> tuple[str | None, str] | None:
-    """``(code, message)`` from the server's ``{code, message}`` error body (§5), or None if it is not one."""
-    try:
-        data = response.json()
-    except ValueError:
-        return None
-    if not isinstance(data, dict) or "message" not in data:
-        return None
-    code = data.get("code")
-    message = " ".join(str(data["message"]).split())[: _MAX_BODY_TEXT * 5]
-    return (str(code) if code else None), message

@@ -45,7 +45,9 @@ from job.formats.shared_pass import SharedPass
 from job.formats.tar import RangedInput, StreamInput, TarEntry, scan_tar
 from job.formats.tree import ModelTree
 from job.formats.zip import RandomAccess, ZipEntry, open_zip_member, read_zip_entries
-from job.http.client import Download, HttpClient, display_url
+from job.http.client import HttpClient
+from job.http.download import Download
+from job.http.urls import display_url
 from job.model import ObjectInfo
 from job.streams import aiter_file, spool
 

@@ -30,7 +30,8 @@ from typing import Any
 from urllib.parse import quote
 
 from job.errors import SourceAuthError, SourceError, SourceNotFound
-from job.http.client import HttpClient, display_url
+from job.http.client import HttpClient
+from job.http.urls import display_url
 from job.model import ObjectInfo, safe_relative_path
 
 log = logging.getLogger(__name__)
@@ -60,7 +61,7 @@ class HfSource:
     """A :class:`~job.sources.base.Source` over one model repository of the Hub at ``endpoint``."""
 
     seekable = False
-    """Not for the engine: an http read resumes by itself with ``Range`` (``job.http.client.Download``)."""
+    """Not for the engine: an http read resumes by itself with ``Range`` (``job.http.download.Download``)."""
 
     def __init__(self, client: HttpClient, *, endpoint: str, repo: str, revision: str = DEFAULT_REVISION) -> None:
         self._client = client

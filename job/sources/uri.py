@@ -8,7 +8,8 @@
   KServe's storage initializer checks, the archive backend takes over that response; otherwise the model is that
   one file (:class:`HttpFileSource`), and the same response is streamed when the engine opens the file.
 
-All three share one http client (:mod:`job.http.client`: redirects, retries, ``Range`` resume, error mapping).
+All three share one http client (:mod:`job.http.client`: redirects, retries, error mapping; its downloads,
+:mod:`job.http.download`, resume with ``Range``).
 """
 
 from __future__ import annotations
@@ -24,7 +25,10 @@ from pydantic import SecretStr
 
 from job.config import JobConfig, UriLocation
 from job.errors import ConfigError, SourceError
-from job.http.client import Download, HttpClient, HttpSettings, display_url, filename_of
+from job.http.client import HttpClient
+from job.http.download import Download
+from job.http.settings import HttpSettings
+from job.http.urls import display_url, filename_of
 from job.model import ObjectInfo
 from job.sources.archive import ArchiveSource, archive_kind, archive_kind_from_content_type
 from job.sources.base import Source
@@ -42,7 +46,7 @@ class HttpFileSource:
     """
 
     seekable = False
-    """Not for the engine: an http read resumes by itself with ``Range`` (``job.http.client.Download``)."""
+    """Not for the engine: an http read resumes by itself with ``Range`` (``job.http.download.Download``)."""
 
     def __init__(self, client: HttpClient, url: str, *, first: Download | None = None) -> None:
         self._client = client
@@ -85,7 +89,7 @@ class UriSource:
     """The ``uri`` source: picks the http file, archive or Hub backend at ``list()`` (see the module doc)."""
 
     seekable = False
-    """Not for the engine: an http read resumes by itself with ``Range`` (``job.http.client.Download``)."""
+    """Not for the engine: an http read resumes by itself with ``Range`` (``job.http.download.Download``)."""
 
     def __init__(
         self,

@@ -21,7 +21,7 @@ from job.destinations.oci import OciDestination
 from job.destinations.s3 import S3Destination
 from job.engine.transfer import TransferResult, TransferSettings, transfer
 from job.errors import SourceAuthError, SourceError, SourceNotFound
-from job.http.client import HttpSettings
+from job.http.settings import HttpSettings
 from job.retry import RetrySettings
 from job.sources.uri import UriSource
 from tests.fakes import MemoryDestination

@@ -20,7 +20,8 @@ import respx
 
 from job.errors import IntegrityError, SourceError
 from job.formats.gzip import PIECE as OUT_LIMIT
-from job.http.client import HttpClient, HttpSettings
+from job.http.client import HttpClient
+from job.http.settings import HttpSettings
 from job.model import ObjectInfo
 from job.sources.archive import ArchiveSource, archive_kind, archive_kind_from_content_type
 from tests.servers.http import range_responder, tar_bytes, tar_entry, tar_with, zip_bytes

@@ -15,7 +15,8 @@ import respx
 from tenacity import RetryCallState, wait_fixed
 
 from job.errors import ConfigError, ModelRegistryError
-from job.model_registry.client import ModelRegistryClient, _stat_key
+from job.model_registry.client import ModelRegistryClient
+from job.model_registry.token import stat_key
 from job.retry import WaitRetryAfter, is_retryable, retry_after
 
 BASE = "http://registry.test"
@@ -100,7 +101,7 @@ async def test_a_401_reads_the_token_file_again_and_retries_once(
         BASE, token="expired-token-00", token_file=token_file, retry_attempts=3, retry_initial_wait=0
     ) as c:
         token_file.write_text("renewed-token-11\n")
-        c._token_stat = _stat_key(token_file)  # as if stat had not told the change apart
+        c._token.stat = stat_key(token_file)  # as if stat had not told the change apart
         with caplog.at_level(logging.INFO, logger="job.model_registry.client"):
             assert await c.update_model_artifact("7", {}, state="LIVE") == {"id": "7"}
     assert [call.request.headers["Authorization"] for call in route.calls] == [

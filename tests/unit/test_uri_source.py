@@ -17,7 +17,9 @@ from pydantic import SecretStr
 
 from job.config import UriLocation
 from job.errors import SourceAuthError, SourceError, SourceNotFound
-from job.http.client import HttpClient, HttpSettings, display_url, filename_of
+from job.http.client import HttpClient
+from job.http.settings import HttpSettings
+from job.http.urls import display_url, filename_of
 from job.model import ObjectInfo
 from job.sources.archive import ArchiveSource
 from job.sources.hf import HfSource, parse_hf_uri
