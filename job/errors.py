@@ -34,11 +34,14 @@ class ModelSyncError(Exception):
     ``status`` (if any) and otherwise says no."""
     retry_after: float | None = None
     """Seconds the server asked us to wait (its ``Retry-After``), when it said."""
+    consequence: str | None = None
+    """What the failure left behind that the user must know (an artifact still PENDING), shown after the cause."""
 
     def __str__(self) -> str:
         # One line, whatever the cause carried in: a multi-line server body must not break the
         # termination message or a log pipeline's line framing.
-        return " ".join(super().__str__().split())
+        text = " ".join(super().__str__().split())
+        return f"{text}; {self.consequence}" if self.consequence else text
 
 
 class ConfigError(ModelSyncError):

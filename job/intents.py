@@ -32,7 +32,8 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from job.errors import ConfigError, ModelRegistryError
+from job.cleanup import run_to_end
+from job.errors import ConfigError, ModelRegistryError, ModelSyncError
 from job.model import Committed
 from job.model_registry.client import Entity, ModelRegistryClient, checked_id
 from job.settings.metadata import CustomProperties, ModelMetadata, writable_custom_properties
@@ -257,38 +258,19 @@ async def _update_artifact(
         await registry.update_model_artifact(artifact_id, update, state="LIVE")
     except BaseException as exc:
         limit = limits[1] if isinstance(exc, asyncio.CancelledError) else limits[0]
-        await _cleanup(restore, f"model artifact {artifact_id}", limit)
+        what = f"model artifact {artifact_id}: the restore after the failure"
+        cleanup = await run_to_end(restore, what, limit, log=logger, level=logging.ERROR)
+        if not cleanup.done and isinstance(exc, ModelSyncError):
+            # The termination message says it too, not only a log line: a rerun is what restores it.
+            exc.consequence = (
+                f"model artifact {artifact_id} is still PENDING: rerun the same Job (same MODEL_SYNC_JOB_ID) "
+                "to restore it"
+            )
+        if cleanup.interrupted:
+            raise asyncio.CancelledError from exc
         raise
     logger.info("model artifact %s is LIVE at %s", artifact_id, committed.uri)
     return IntentResult(Intent.UPDATE_ARTIFACT, model_id, version_id, artifact_id, committed.uri, committed.digest)
-
-
-async def _cleanup(action: Callable[[], Awaitable[None]], what: str, limit: float) -> None:
-    """Run ``action`` to completion even if the caller is cancelled (again); log, never raise, its failure.
-
-    Re-raises ``CancelledError`` afterwards if a cancellation arrived while it ran.
-    """
-
-    async def bounded() -> None:
-        async with asyncio.timeout(limit):
-            await action()
-
-    task = asyncio.ensure_future(bounded())
-    interrupted = False
-    while not task.done():
-        try:
-            await asyncio.shield(task)
-        except asyncio.CancelledError:
-            interrupted = True  # a second SIGTERM: the cleanup still gets its bounded time
-        except Exception:  # noqa: S110 - examined below
-            pass
-    if task.cancelled():
-        logger.error("%s: cleanup was cancelled; it may be left PENDING", what)
-    elif (error := task.exception()) is not None:
-        reason = "timed out" if isinstance(error, TimeoutError) else str(error)
-        logger.error("%s: cleanup after the failure did not complete: %s", what, reason)
-    if interrupted:
-        raise asyncio.CancelledError
 
 
 # -- create_model / create_version -------------------------------------------------------------------

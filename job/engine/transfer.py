@@ -33,10 +33,11 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import PurePosixPath
 
+from job.cleanup import run_to_end
 from job.destinations.base import Destination
 from job.engine.progress import ProgressReporter
 from job.engine.resume import SourceReader, open_source
@@ -320,33 +321,6 @@ class _Budget:
         return max(0.2, min(self.each, self.deadline - time.monotonic()))
 
 
-async def _quietly(step: Callable[[], Awaitable[None]], what: str, seconds: float) -> None:
-    try:
-        async with asyncio.timeout(seconds):
-            await step()
-    except TimeoutError:
-        log.warning("%s: gave up after %.0f s", what, seconds)
-    except Exception as exc:
-        log.warning("%s failed: %s", what, describe(exc))
-
-
-async def _run_to_end(step: Callable[[], Awaitable[None]], what: str, seconds: float) -> bool:
-    """Run a cleanup step to its end even if we are cancelled meanwhile; never raises.
-
-    Returns True if a cancellation arrived meanwhile: the caller re-raises it once cleanup is over.
-    """
-    task = asyncio.create_task(_quietly(step, what, seconds), name=what)
-    interrupted = False
-    while not task.done():
-        try:
-            await asyncio.shield(task)
-        except asyncio.CancelledError:
-            if task.cancelled():  # the loop is shutting down: nothing left to wait for
-                return True
-            interrupted = True
-    return interrupted
-
-
 async def transfer(
     source: Source,
     destination: Destination,
@@ -380,11 +354,12 @@ async def transfer(
         except BaseException as exc:
             if isinstance(exc, asyncio.CancelledError):
                 budget = _Budget(settings.cleanup_timeout, shared=settings.stop_cleanup_timeout)
-            interrupted = await _run_to_end(destination.abort, "aborting the destination", budget.next())
+            aborted = await run_to_end(destination.abort, "aborting the destination", budget.next(), log=log)
+            interrupted = aborted.interrupted
             raise
     finally:
         for what, step in (("closing the source", source.close), ("closing the destination", destination.close)):
-            interrupted = await _run_to_end(step, what, budget.next()) or interrupted
+            interrupted = (await run_to_end(step, what, budget.next(), log=log)).interrupted or interrupted
         if interrupted:
             raise asyncio.CancelledError  # a cancellation arrived during cleanup: honour it now
     seconds = time.monotonic() - started

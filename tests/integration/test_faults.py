@@ -336,3 +336,26 @@ def test_fault(
         if route.check_after_failure is not None:
             route.check_after_failure()
     assert "Traceback" not in run.stderr
+
+
+def test_an_artifact_the_registry_keeps_pending_is_named_in_the_termination_message_and_a_rerun_restores_it(
+    registry_standin: ModelRegistryStandin, registry_proxy: FaultProxy, seaweedfs_s3: S3Server, tmp_path: Path
+) -> None:
+    """Every write after PENDING is refused: the artifact stays PENDING (nothing can change that), and the one
+    line says so and what restores it; the rerun of the same Job (same job id) does."""
+    registry_proxy.clear()
+    intent = update_artifact_env(registry_standin.api_url)
+    artifact_id = intent["MODEL_SYNC_MODEL_ARTIFACT_ID"]
+    env = {**FAST, **registry_env(registry_proxy.url), **intent, **pvc_env(write_tree(tmp_path / "model", MODEL)),
+           **s3_env("DESTINATION", seaweedfs_s3, fresh_bucket(seaweedfs_s3, "pending"), "m"),
+           "MODEL_SYNC_RETRY_ATTEMPTS": "2"}  # fmt: skip
+    registry_proxy.add(status(503, body=REGISTRY_ERROR, content_type="application/json"), method="PATCH",
+                       path=rf"/model_artifacts/{artifact_id}$", skip=1, times=100)  # fmt: skip
+    run = run_job(env, tmp_path)
+    run.assert_one_line_failure(code=1)
+    assert f"model artifact {artifact_id} is still PENDING: rerun the same Job" in run.message
+    assert get_artifact(registry_standin.api_url, artifact_id)["state"] == "PENDING"
+    registry_proxy.clear()
+    rerun = run_job(env, tmp_path)
+    assert rerun.result()["uri"].startswith("s3://")
+    assert get_artifact(registry_standin.api_url, artifact_id)["state"] == "LIVE"

@@ -11,7 +11,7 @@ import httpx
 import pytest
 import respx
 
-from job.errors import ConfigError, ModelRegistryError
+from job.errors import ConfigError, ModelRegistryError, SourceError
 from job.intents import (
     MARKER_DIGEST,
     MARKER_JOB_ID,
@@ -340,7 +340,24 @@ async def test_cleanup_failure_is_logged_not_raised_over_the_original(
     with pytest.raises(RuntimeError) as info:
         await run_intent(UPDATE, registry, Transfer(api, error=boom))
     assert info.value is boom
-    assert "model artifact 7: cleanup after the failure did not complete" in caplog.text
+    assert "model artifact 7: the restore after the failure did not complete" in caplog.text
+
+
+async def test_an_artifact_left_pending_is_named_in_the_error_itself(
+    api: respx.MockRouter, registry: ModelRegistryClient
+) -> None:
+    """The registry refuses every write after PENDING: the one-line error (and so the termination message) says
+    the artifact is still PENDING and that a rerun of the same Job restores it, not only a log line."""
+    api.get("/model_artifacts/7").respond(json=artifact(state="UNKNOWN", uri=None))
+    api.patch("/model_artifacts/7").mock(
+        side_effect=[httpx.Response(200, json={"id": "7"})] + [httpx.Response(503)] * 10
+    )
+    with pytest.raises(SourceError) as info:
+        await run_intent(UPDATE, registry, Transfer(api, error=SourceError("reading w.bin: connection reset")))
+    assert str(info.value) == (
+        "reading w.bin: connection reset; model artifact 7 is still PENDING: rerun the same Job "
+        "(same MODEL_SYNC_JOB_ID) to restore it"
+    )
 
 
 async def test_cancellation_restores_the_artifact_then_propagates(
@@ -399,7 +416,7 @@ async def test_cleanup_is_bounded_in_time(
     with pytest.raises(RuntimeError) as info:
         await run_intent(UPDATE, registry, Transfer(api, error=boom), cleanup_timeout=0.1)
     assert info.value is boom
-    assert "cleanup after the failure did not complete: timed out" in caplog.text
+    assert "the restore after the failure did not complete: timed out after 0 s" in caplog.text
 
 
 async def test_rerun_finds_pending_artifact_and_converges(api: respx.MockRouter, registry: ModelRegistryClient) -> None:
