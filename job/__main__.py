@@ -34,11 +34,18 @@ TERMINATION_MESSAGE_LIMIT = 4096
 
 
 def write_termination_message(path: Path, message: str) -> None:
-    """Write the message where Kubernetes reads it; outside a pod the path may not exist, which is fine."""
-    data = message.encode("utf-8")[:TERMINATION_MESSAGE_LIMIT]
+    """Write the message where Kubernetes reads it; outside a pod the path may not exist, which is fine.
+
+    Cut to Kubernetes' 4096 bytes on a character boundary (never half a UTF-8 sequence), and written without
+    blocking: a path that is a FIFO nobody reads would otherwise hang the job at its very end.
+    """
+    data = message.encode("utf-8")[:TERMINATION_MESSAGE_LIMIT].decode("utf-8", "ignore").encode("utf-8")
     try:
-        with path.open("wb") as f:
-            f.write(data)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NONBLOCK, 0o644)
+        try:
+            os.write(fd, data)
+        finally:
+            os.close(fd)
     except OSError as exc:
         log.debug("no termination message written to %s: %s", path, exc.strerror)
 
