@@ -11,24 +11,22 @@ said yes.
 from __future__ import annotations
 
 import asyncio
-import importlib
 import logging
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
-from job.config import JobConfig, OciLocation, PvcLocation, S3Location, UriLocation
+from job.backends import check_available, make_destination, make_source
+from job.config import JobConfig
 from job.destinations.base import Destination
 from job.engine.progress import ProgressReporter
 from job.engine.transfer import TransferResult, TransferSettings, transfer
-from job.errors import ConfigError, Terminated
+from job.errors import Terminated
 from job.intents import IntentResult, IntentSpec, run_intent, validate_spec
 from job.model import Committed
 from job.model_registry.client import ModelRegistryClient
 from job.settings.metadata import ModelMetadata, load_metadata
 from job.sources.base import Source
-from job.sources.filtered import FilteredSource
 
 log = logging.getLogger(__name__)
 
@@ -40,46 +38,6 @@ is for unwinding; :func:`run_until_terminated`'s caller exits hard at ``stop_tim
 
 SourceFactory = Callable[[JobConfig], Source]
 DestinationFactory = Callable[[JobConfig], Destination]
-
-# Backend classes by location type and side, imported only when used (aioboto3 alone costs ~0.3 s).
-_SOURCES: dict[type[Any], str] = {
-    PvcLocation: "job.sources.pvc:PvcSource",
-    S3Location: "job.sources.s3:S3Source",
-    UriLocation: "job.sources.uri:UriSource",
-    OciLocation: "job.sources.oci:OciSource",
-}
-_DESTINATIONS: dict[type[Any], str] = {
-    S3Location: "job.destinations.s3:S3Destination",
-    OciLocation: "job.destinations.oci:OciDestination",
-}
-
-
-def _backend(table: dict[type[Any], str], location: object, side: str) -> Any:
-    module_name, _, class_name = table[type(location)].partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        if exc.name != module_name:
-            raise
-        kind = type(location).__name__.removesuffix("Location").lower()
-        raise ConfigError(f"{side}-type {kind} is not available in this version of model-sync") from None
-    return getattr(module, class_name)
-
-
-def make_source(config: JobConfig) -> Source:
-    """The Source for ``config.source``; each backend's ``from_config`` maps the settings it needs."""
-    cls = _backend(_SOURCES, config.source, "source")
-    source: Source = cls.from_config(config)
-    if config.include or config.exclude:
-        source = FilteredSource(source, config.include, config.exclude)
-    return source
-
-
-def make_destination(config: JobConfig) -> Destination:
-    """The Destination for ``config.destination``."""
-    cls = _backend(_DESTINATIONS, config.destination, "destination")
-    destination: Destination = cls.from_config(config)
-    return destination
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,12 +62,9 @@ def plan_job(config: JobConfig) -> Plan:
         author=config.registry.author,
     )
     validate_spec(spec)
-    _backend(_SOURCES, config.source, "source")
-    _backend(_DESTINATIONS, config.destination, "destination")
+    check_available(config)
     settings = TransferSettings(
         parallel_files=config.parallel_files,
-        parallel_parts=config.parallel_parts,
-        part_size=config.part_size,
         retry=config.retry,
         stop_cleanup_timeout=max(0.5, config.stop_timeout * STOP_SHARE_TRANSFER),
     )

@@ -44,7 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from job.config import JobConfig, OciLocation
+from job.config import OciLocation
 from job.errors import ConfigError, DestinationError, ModelSyncError
 from job.model import Committed, ObjectInfo, Uploaded, source_identity
 from job.oci.client import Manifest, OciClient
@@ -155,18 +155,6 @@ class OciDestination:
         self._base_lock = asyncio.Lock()
         self._copy_task: asyncio.Task[None] | None = None
         self._sessions: set[UploadSession] = set()
-
-    @classmethod
-    def from_config(cls, config: JobConfig) -> OciDestination:
-        """Build from ``config.destination`` (an :class:`OciLocation`)."""
-        if not isinstance(config.destination, OciLocation):
-            raise ConfigError("OciDestination needs an oci destination location")
-        return cls(
-            config.destination,
-            storage_path=config.storage_path,
-            max_connections=2 * config.parallel_files + 4,
-            retry=config.retry,
-        )
 
     @property
     def uri(self) -> str:

@@ -46,7 +46,7 @@ from collections.abc import AsyncIterator, Sequence
 from pathlib import PurePosixPath
 from typing import Any, Literal
 
-from job.config import JobConfig, S3Location
+from job.config import S3Location
 from job.errors import ConfigError, DestinationAuthError, ModelSyncError
 from job.model import Committed, ObjectInfo, Uploaded, source_identity
 from job.retry import RetrySettings
@@ -111,19 +111,6 @@ class S3Destination:
         """key -> size of each object under the prefix before this run wrote any (listed once)."""
         self._existing_listed = False
         self._existing_lock = asyncio.Lock()
-
-    @classmethod
-    def from_config(cls, config: JobConfig) -> S3Destination:
-        """The destination for ``config.destination`` (an :class:`S3Location`)."""
-        if not isinstance(config.destination, S3Location):
-            raise ConfigError("S3Destination needs an s3 destination location")
-        return cls(
-            config.destination,
-            parallel_parts=config.parallel_parts,
-            part_size=config.part_size,
-            max_pool_connections=config.parallel_files * config.parallel_parts,
-            retry=config.retry,
-        )
 
     @property
     def uri(self) -> str:

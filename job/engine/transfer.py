@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -45,7 +44,7 @@ from job.errors import ConfigError, IntegrityError, ModelSyncError, SourceError
 from job.model import Committed, ObjectInfo, Uploaded, safe_relative_path
 from job.retry import RetrySettings, log_before_sleep
 from job.sources.base import Source
-from job.streams import DEFAULT_CHUNK_SIZE, CheckedStream, MiB, describe
+from job.streams import CheckedStream, describe
 
 __all__ = [
     "TransferResult",
@@ -60,33 +59,16 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True, slots=True)
 class TransferSettings:
-    """How much moves at once, and therefore how much memory the job needs.
+    """What the engine itself needs: how many files move at once, progress, the cleanup bounds, the retry budget.
 
-    Memory ceiling: about ``parallel_files x (parallel_parts + 1) x part_size`` bytes of buffered part
-    data (the parts in flight plus the one being filled), plus about one chunk in flight per file
-    stream (~1 MiB). With the defaults and the 8 MiB part a multipart destination picks for files up
-    to ~78 GiB (:meth:`part_size_for`), that is 4 x 3 x 8 MiB = **96 MiB**, plus ~4 MiB of chunks;
-    larger files get larger parts (a 200 GiB file: 21 MiB parts). A destination that streams a file
-    in one request (OCI PATCH) buffers nothing beyond the chunk in flight. Measured (1 GiB, 4 x 256
-    MiB + small files, SeaweedFS): pvc->s3 and s3->s3 peak RSS 173 MiB with these defaults, 239 MiB
-    with 4 parts per file and no faster (the server is the bottleneck); s3->oci 93 MiB.
-
-    The engine itself uses ``parallel_files``, ``progress_interval`` and ``cleanup_timeout``.
-    ``parallel_parts``, ``part_size`` and ``chunk_size`` are for the backends: the caller builds the
-    source and destination with them (``from_config`` reads the same job config), so the Destination
-    protocol stays ``put(obj, data)`` and each multipart upload bounds its own parts in flight. A
-    per-upload limit (not one semaphore shared by all files) keeps every file moving and makes the
-    ceiling above exact.
+    Part sizes, parts in flight and read sizes are the backends' (built with them by ``job.backends``), so the
+    Destination protocol stays ``put(obj, data)`` and each multipart upload bounds its own parts in flight: a
+    per-upload limit, not one semaphore shared by all files, keeps every file moving. The memory ceiling that
+    follows is stated where the settings are defined (``job.settings.chain``).
     """
 
     parallel_files: int = 4
     """Files moved at once."""
-    parallel_parts: int = 2
-    """Parts in flight per multipart upload (read by destinations)."""
-    part_size: int | None = None
-    """Multipart part size in bytes; ``None``: chosen per file by :meth:`part_size_for`."""
-    chunk_size: int = DEFAULT_CHUNK_SIZE
-    """Read size for sources that choose one (local files); network sources pass on what arrives."""
     progress_interval: float = 5.0
     """Seconds between progress lines (when the reporter does not set its own)."""
     cleanup_timeout: float = 20.0
@@ -97,32 +79,10 @@ class TransferSettings:
     """Retry budget: ``attempts`` bounds the resumes of one read, ``file_attempts`` the tries of a file."""
 
     def __post_init__(self) -> None:
-        for name in ("parallel_files", "parallel_parts", "chunk_size"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"transfer setting {name} must be >= 1, got {getattr(self, name)}")
-        if self.part_size is not None and self.part_size < 1:
-            raise ConfigError(f"transfer setting part_size must be >= 1, got {self.part_size}")
+        if self.parallel_files < 1:
+            raise ConfigError(f"transfer setting parallel_files must be >= 1, got {self.parallel_files}")
         if self.progress_interval <= 0 or self.cleanup_timeout <= 0 or self.stop_cleanup_timeout <= 0:
             raise ConfigError("transfer settings progress_interval and the cleanup timeouts must be > 0")
-
-    def part_size_for(
-        self,
-        size: int | None,
-        *,
-        minimum: int = 5 * MiB,
-        maximum: int = 5 * 1024 * MiB,
-        max_parts: int = 10_000,
-        default: int = 8 * MiB,
-    ) -> int:
-        """The part size for a file of ``size`` bytes (S3's limits are the defaults).
-
-        ``part_size`` (or ``default``), raised to fit ``size`` in ``max_parts`` parts and rounded up to
-        whole MiB, then held within ``[minimum, maximum]``. Unknown sizes get the configured size.
-        """
-        want = self.part_size or default
-        if size is not None and size > want * max_parts:
-            want = math.ceil(math.ceil(size / max_parts) / MiB) * MiB
-        return max(minimum, min(maximum, want))
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,7 +1,7 @@
 """The S3 client the S3 source and destination share: one per endpoint, every request retried and mapped.
 
 * :class:`S3Connection` builds one aioboto3 client from an :class:`~job.config.S3Location`, lazily on
-  first use (backends are created synchronously by ``from_config``), and closes it once. Source and
+  first use (backends are created synchronously by ``job.backends``), and closes it once. Source and
   destination each hold their own, so they can be different endpoints with different credentials.
 * :meth:`S3Connection.call` is every S3 request: one botocore call, retried with ``job.retry``'s tenacity
   policy (the job's budget, ``Retry-After`` honoured) while :func:`~job.s3.errors.s3_retryable`, then

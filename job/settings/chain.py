@@ -171,8 +171,9 @@ class Settings(BaseSettings):
         "answer tells.",
     )
 
-    # --- transfer engine: part buffers are bounded by parallel_files x (parallel_parts + 1) x part size,
-    # 4 x 3 x 8 MiB = 96 MiB with the defaults (see job.engine.transfer.TransferSettings) ---
+    # --- transfer: memory ceiling. An S3 upload buffers up to parallel_files x (parallel_parts + 1) x part size:
+    # 4 x 3 x 8 MiB = 96 MiB with the defaults (the 8 MiB part a file up to about 78 GiB gets; larger files get
+    # larger parts, job.s3.parts), plus about one 1 MiB chunk in flight per file. OCI streams: chunks only. ---
     parallel_files: int = Field(4, ge=1, le=64, description="Files moved at once.")
     parallel_parts: int = Field(2, ge=1, le=64, description="Parts in flight per multipart upload.")
     part_size_mib: int | None = Field(

@@ -36,8 +36,8 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any
 
-from job.config import JobConfig, OciLocation
-from job.errors import ConfigError, SourceError, SourceNotFound
+from job.config import OciLocation
+from job.errors import SourceError, SourceNotFound
 from job.formats.gzip import GZIP_MAGIC, inflate
 from job.formats.shared_pass import SharedPass
 from job.formats.tar import RangedInput, StreamInput, TarEntry, scan_tar
@@ -123,13 +123,6 @@ class OciSource:
         self._files: dict[PurePosixPath, FileLocation] = {}
         self._passes: dict[int, SharedPass] = {}
         """One shared pass per gzip layer, made when a file of it is first opened."""
-
-    @classmethod
-    def from_config(cls, config: JobConfig) -> OciSource:
-        """Build from ``config.source`` (an :class:`OciLocation`)."""
-        if not isinstance(config.source, OciLocation):
-            raise ConfigError("OciSource needs an oci source location")
-        return cls(config.source, max_connections=2 * config.parallel_files + 4, retry=config.retry)
 
     # --- resolving ------------------------------------------------------------------------------
 

@@ -22,7 +22,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path, PurePosixPath
 
-from job.config import JobConfig, PvcLocation
 from job.errors import SourceError, SourceNotFound
 from job.model import ObjectInfo, safe_relative_path
 from job.streams import aiter_file
@@ -43,12 +42,6 @@ class PvcSource:
         self._root = root
         self._chunk_size = chunk_size
         self._paths: dict[PurePosixPath, Path] = {}
-
-    @classmethod
-    def from_config(cls, config: JobConfig) -> PvcSource:
-        """Build from ``config.source`` (a :class:`PvcLocation`)."""
-        assert isinstance(config.source, PvcLocation)
-        return cls(config.source.path)
 
     def _walk(self) -> list[tuple[PurePosixPath, Path, os.stat_result]]:
         root = self._root

@@ -36,8 +36,8 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import PurePosixPath
 from typing import Any
 
-from job.config import JobConfig, S3Location
-from job.errors import ConfigError, SourceAuthError, SourceError, SourceNotFound
+from job.config import S3Location
+from job.errors import SourceAuthError, SourceError, SourceNotFound
 from job.model import ObjectInfo, safe_relative_path
 from job.retry import RetrySettings
 from job.s3.client import S3Connection, s3_uri
@@ -74,19 +74,6 @@ class S3Source:
         self.ranged_reads = ranged_reads
         self._conn = S3Connection(location, side="source", max_pool_connections=max_pool_connections, retry=retry)
         self._keys: dict[PurePosixPath, str] = {}
-
-    @classmethod
-    def from_config(cls, config: JobConfig) -> S3Source:
-        """The source for ``config.source`` (an :class:`S3Location`)."""
-        if not isinstance(config.source, S3Location):
-            raise ConfigError("S3Source needs an s3 source location")
-        return cls(
-            config.source,
-            parallel_parts=config.parallel_parts,
-            part_size=config.part_size,
-            max_pool_connections=config.parallel_files * config.parallel_parts,
-            retry=config.retry,
-        )
 
     # --- list ---------------------------------------------------------------------------------
 

@@ -23,8 +23,8 @@ from urllib.parse import urlsplit
 import httpx
 from pydantic import SecretStr
 
-from job.config import JobConfig, UriLocation
-from job.errors import ConfigError, SourceError
+from job.config import UriLocation
+from job.errors import SourceError
 from job.http.client import HttpClient
 from job.http.download import Download
 from job.http.settings import HttpSettings
@@ -109,13 +109,6 @@ class UriSource:
         scoped.setdefault(location.hf_endpoint if self._hf else location.uri, {}).update(location.headers)
         self._client = HttpClient(settings=settings, scoped_headers=scoped, transport=transport)
         self._inner: Source | None = None
-
-    @classmethod
-    def from_config(cls, config: JobConfig) -> UriSource:
-        """The source for ``config.source`` (a :class:`UriLocation`); archives may spool to ``storage_path``."""
-        if not isinstance(config.source, UriLocation):
-            raise ConfigError("UriSource needs a uri source location")
-        return cls(config.source, storage_path=config.storage_path, settings=HttpSettings.from_retry(config.retry))
 
     async def _pick(self) -> Source:
         uri = self.location.uri

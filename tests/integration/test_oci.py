@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 
+from job.backends import make_destination, make_source
 from job.config import OciLocation, S3Location, build_job_config
 from job.destinations.oci import OciDestination
 from job.engine.transfer import TransferResult, TransferSettings, transfer
@@ -33,7 +34,6 @@ from job.errors import (
     SourceNotFound,
     UploadRejected,
 )
-from job.pipeline import make_destination, make_source
 from job.settings.chain import load_settings
 from job.settings.credentials import DockerConfig, RegistryLogin
 from job.sources.oci import OciSource

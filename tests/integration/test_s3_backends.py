@@ -111,7 +111,7 @@ async def test_model_round_trips_through_the_engine(
     source = S3Source(s3_location(weed, src_bucket, "models/m"), parallel_parts=2, part_size=PART, ranged_reads=ranged)
     destination = S3Destination(s3_location(dst_server, dst_bucket, "copies/m/"), parallel_parts=2, part_size=PART)
 
-    result = await transfer(source, destination, TransferSettings(parallel_files=2, parallel_parts=2, part_size=PART))
+    result = await transfer(source, destination, TransferSettings(parallel_files=2))
 
     assert result.committed.uri == f"s3://{dst_bucket}/copies/m/"
     assert result.committed.digest is None
@@ -132,7 +132,7 @@ async def test_single_object_key_is_a_one_file_model(weed: S3Server) -> None:
     upload_model(weed, bucket, "models/m/")
     source = S3Source(s3_location(weed, bucket, "models/m/weights/a.safetensors"))
     destination = S3Destination(s3_location(weed, bucket, "single"), part_size=PART)
-    result = await transfer(source, destination, TransferSettings(part_size=PART))
+    result = await transfer(source, destination, TransferSettings())
     assert [str(u.obj.path) for u in result.uploaded] == ["a.safetensors"]
     assert read_tree(weed, bucket, "single/") == {"a.safetensors": MODEL["weights/a.safetensors"]}
 

@@ -15,7 +15,6 @@ from job.engine.transfer import TransferResult, TransferSettings, check_listing,
 from job.errors import ConfigError, DestinationError, IntegrityError, SourceError, UploadRejected
 from job.model import ObjectInfo, Uploaded
 from job.retry import RetrySettings
-from job.streams import MiB
 from tests.fakes import MemoryDestination, MemorySource, sha256_of
 
 TREE = {
@@ -384,17 +383,5 @@ async def test_progress_interval_lines_while_bytes_flow(caplog: pytest.LogCaptur
 def test_settings_are_validated() -> None:
     with pytest.raises(ConfigError, match="parallel_files"):
         TransferSettings(parallel_files=0)
-    with pytest.raises(ConfigError, match="part_size"):
-        TransferSettings(part_size=0)
     with pytest.raises(ConfigError):
         TransferSettings(progress_interval=0)
-
-
-def test_part_size_for() -> None:
-    default = TransferSettings()
-    assert default.part_size_for(None) == 8 * MiB
-    assert default.part_size_for(10 * MiB) == 8 * MiB
-    assert default.part_size_for(200 * 1024 * MiB) == 21 * MiB  # 10,000 parts at most
-    assert TransferSettings(part_size=1 * MiB).part_size_for(1) == 5 * MiB  # S3's minimum part
-    assert TransferSettings(part_size=64 * MiB).part_size_for(10) == 64 * MiB
-    assert default.part_size_for(10**15) == 5 * 1024 * MiB  # held at the maximum
