@@ -7,7 +7,7 @@ engine all build on these.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import PurePosixPath
 
 from job.errors import SourceError
@@ -53,18 +53,22 @@ class Uploaded:
 
     obj: ObjectInfo
     size: int
-    sha256: str
-    """``sha256:<hex>`` of the file's bytes when something computed it, else ``""``.
+    sha256: str | None = None
+    """``sha256:<hex>`` of the file's bytes when something computed it, else None.
 
     The engine hashes a file only when its source listed a sha256 (to check it); a destination that
     hashes what it wrote reports that, and the engine compares the two when both exist and fills in its
-    own when the destination left ``""``. Neither destination needs the whole-file hash (an OCI layer
+    own when the destination left None. Neither destination needs the whole-file hash (an OCI layer
     has its own digest, S3 parts their own checksums), so a file from a source that lists no sha256 is
     not hashed twice, nor once for nothing. For a file ``lookup`` found (not read this run) it is what
-    the destination recorded, or ``""``.
+    the destination recorded, or None.
     """
-    extra: dict[str, str] = field(default_factory=dict)
-    """Destination-specific facts (the layer digest of an OCI layer, an S3 version id, ...)."""
+    detail: object = None
+    """The destination's own typed record of what it wrote, which it reads back in ``commit`` (an OCI
+    destination's :class:`~job.oci.modelcar.LayerDescriptor`, an S3 destination's ``S3Object``); the engine
+    never reads it."""
+    skipped: bool = False
+    """``lookup`` found it from an earlier try: nothing was sent this run."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -189,7 +189,7 @@ class MemoryDestination:
     * ``refuse``: paths whose ``put`` raises ``UploadRejected`` (status 403) before reading a byte;
     * ``hold``: puts wait for this event before reading (only for ``hold_paths`` when given);
     * ``stop_after``: ``{path: n}`` stop reading the stream after at least n bytes (a broken destination);
-    * ``report_sha256=False``: return ``Uploaded.sha256 == ""`` (a destination that does not hash);
+    * ``report_sha256=False``: return ``Uploaded.sha256 is None`` (a destination that does not hash);
     * ``tamper``: rewrite each ``Uploaded`` before returning it (a destination that misreports);
     * ``commit_error`` / ``abort_error``: raise these from ``commit`` / ``abort``;
     * ``abort_hold``: ``abort`` waits for this event (to cancel the transfer while it aborts).
@@ -286,7 +286,7 @@ class MemoryDestination:
                     break
             self.stored[path] = bytes(buf)
             uploaded = Uploaded(
-                obj=obj, size=len(buf), sha256="sha256:" + hasher.hexdigest() if self.report_sha256 else ""
+                obj=obj, size=len(buf), sha256="sha256:" + hasher.hexdigest() if self.report_sha256 else None
             )
             if self.tamper is not None:
                 uploaded = self.tamper(uploaded)

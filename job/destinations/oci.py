@@ -10,8 +10,8 @@ Call order and what runs when (see ``job.destinations.base`` for the engine's si
   disk. A failed copy surfaces at the next ``put`` or at ``commit``.
 * Each ``put`` streams one uncompressed tar layer (:class:`job.oci.modelcar.ModelLayer`) in one upload
   session: one PATCH with ``Content-Length`` (or chunked PATCHes, ``chunk_size``), the layer digest
-  computed on the way. It returns the file's size, ``sha256=""`` (the layer digest covers the bytes; the
-  engine fills in the file's digest when it hashed one) and ``extra={"layer_digest", "layer_size"}``.
+  computed on the way. It returns the file's size, no sha256 (the layer digest covers the bytes; the
+  engine fills in the file's digest when it hashed one) and the pushed layer as its ``detail``.
 * ``commit`` waits for the base copy, then per platform pushes a new config (base config + diff_ids +
   history) and an OCI manifest; a single-platform base's manifest goes under the tag, a multi-arch
   base's manifests go by digest and a new index under the tag. Same model, same base -> same digests,
@@ -272,8 +272,8 @@ class OciDestination:
             return None
         if not await self.client.blob_exists(self.target.repository, layer.digest):
             return None
-        extra = {"layer_digest": layer.digest, "layer_size": str(layer.size), "source": identity, "skipped": "true"}
-        return Uploaded(obj=obj, size=obj.size, sha256=(obj.digest or "").lower(), extra=extra)
+        sha256 = obj.digest.lower() if obj.digest else None
+        return Uploaded(obj=obj, size=obj.size, sha256=sha256, detail=layer, skipped=True)
 
     # --- the Destination protocol ---------------------------------------------------------------
 
@@ -311,11 +311,8 @@ class OciDestination:
                     await self.client.cancel_upload(session)
             raise
         self._sessions.discard(session)
-        extra = {"layer_digest": digest, "layer_size": str(layer.layer_size)}
-        identity = source_identity(obj)
-        if identity is not None:
-            extra["source"] = identity
-        return Uploaded(obj=obj, size=size, sha256="", extra=extra)
+        pushed = LayerDescriptor(digest=digest, size=layer.layer_size, path=obj.path, source=source_identity(obj))
+        return Uploaded(obj=obj, size=size, detail=pushed)
 
     async def _spool(self, obj: ObjectInfo, data: AsyncIterator[bytes]) -> tuple[Path, int]:
         # Rare (http without Content-Length): the tar header holds the size and goes before the bytes,
@@ -326,20 +323,19 @@ class OciDestination:
         await asyncio.to_thread(folder.mkdir, parents=True, exist_ok=True)
         return path, await spool(data, path.open("wb"), path)
 
+    @staticmethod
+    def _layer_of(uploaded: Uploaded) -> LayerDescriptor:
+        layer = uploaded.detail
+        if not isinstance(layer, LayerDescriptor):
+            raise TypeError(f"{uploaded.obj.path} was not put by an OCI destination")
+        return layer
+
     async def commit(self, uploaded: Sequence[Uploaded]) -> Committed:
         """Push config(s), manifest(s) and, for a multi-arch base, the index; return the tag's digest."""
         base = await self._prepare()
         if self._copy_task is not None:
             await self._copy_task
-        layers = [
-            LayerDescriptor(
-                digest=u.extra["layer_digest"],
-                size=int(u.extra["layer_size"]),
-                path=u.obj.path,
-                source=u.extra.get("source"),
-            )
-            for u in uploaded
-        ]
+        layers = [self._layer_of(u) for u in uploaded]
         repo, tag = self.target.repository, self.target.tag
         assert tag is not None
         annotations = base_annotations(str(base.reference), base.top.digest)

@@ -43,6 +43,7 @@ import asyncio
 import base64
 import logging
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any, Literal
 
@@ -77,6 +78,14 @@ def destination_key(prefix: str, path: PurePosixPath | str) -> str:
     """
     prefix = prefix.strip("/")
     return f"{prefix}/{path}" if prefix else str(path)
+
+
+@dataclass(frozen=True, slots=True)
+class S3Object:
+    """What an S3 destination wrote for one file: its key and the ETag the server gave it."""
+
+    key: str
+    etag: str
 
 
 class S3Destination:
@@ -158,9 +167,9 @@ class S3Destination:
         metadata = {k.lower(): v for k, v in (head.get("Metadata") or {}).items()}
         if int(head.get("ContentLength", -1)) != obj.size or metadata.get(META_SOURCE) != identity:
             return None
-        sha256 = metadata.get(META_SHA256) or obj.digest or ""
-        extra = {"key": key, "etag": str(head.get("ETag", "")), "skipped": "true"}
-        return Uploaded(obj=obj, size=obj.size, sha256=sha256.lower(), extra=extra)
+        sha256 = metadata.get(META_SHA256) or obj.digest
+        found = S3Object(key=key, etag=str(head.get("ETag", "")))
+        return Uploaded(obj=obj, size=obj.size, sha256=sha256.lower() if sha256 else None, detail=found, skipped=True)
 
     async def _existing_sizes(self) -> dict[str, int] | None:
         """What is under the prefix (key -> size), listed once; None when it may not be listed or is too long."""
@@ -191,7 +200,7 @@ class S3Destination:
     async def put(self, obj: ObjectInfo, data: AsyncIterator[bytes]) -> Uploaded:
         """Upload one file from its stream (see the module docstring); returns its size, key and ETag.
 
-        ``Uploaded.sha256`` is left ``""`` (the engine fills it when it hashed the file). Errors the stream raises propagate
+        ``Uploaded.sha256`` is left None (the engine fills it when it hashed the file). Errors the stream raises propagate
         unchanged; S3 errors are mapped to ``DestinationAuthError`` / ``UploadRejected`` /
         ``DestinationError``.
         """
@@ -215,7 +224,7 @@ class S3Destination:
             etag = await self._multipart.upload(
                 key, reader, slots, handover, part_size, metadata, path=str(obj.path), size=obj.size
             )
-        return Uploaded(obj=obj, size=reader.consumed, sha256="", extra={"key": key, "etag": etag})
+        return Uploaded(obj=obj, size=reader.consumed, detail=S3Object(key=key, etag=etag))
 
     def _metadata(self, obj: ObjectInfo) -> dict[str, str]:
         metadata: dict[str, str] = {}

@@ -183,7 +183,7 @@ async def _put_attempt(
         raise IntegrityError(f"writing {path}: the destination reports {uploaded.size} bytes, {stream.size} were sent")
     if stream.sha256 is None:
         pass  # nothing hashed the whole file: the destination's own checks covered the bytes
-    elif not uploaded.sha256:
+    elif uploaded.sha256 is None:
         uploaded = replace(uploaded, sha256=stream.sha256)
     elif uploaded.sha256.lower() != stream.sha256:
         raise IntegrityError(

@@ -185,7 +185,7 @@ def _push_source_image(registry: Registry, root: Path, repository: str, storage:
     location = OciLocation(reference=f"{registry.host}/{repository}:1", registry=registry.host, username=None,
                            password=None, tls_verify=False, base_image=registry.base)  # fmt: skip
     result = asyncio.run(transfer(PvcSource(root), OciDestination(location, storage_path=storage), TransferSettings()))
-    return next(u.extra["layer_digest"] for u in result.uploaded if u.obj.path == P("weights.bin"))
+    return next(u.detail.digest for u in result.uploaded if u.obj.path == P("weights.bin"))  # type: ignore[attr-defined]
 
 
 @dataclass

@@ -143,8 +143,8 @@ async def test_plain_registry_single_patch_mount_and_same_digest_twice(
     assert result.committed.uri == f"oci://{reference}"
     assert result.committed.digest and result.committed.digest.startswith("sha256:")
     # A pvc lists no sha256, so nothing hashed the files; each layer's digest covers its file instead.
-    assert {str(u.obj.path): u.sha256 for u in result.uploaded} == dict.fromkeys(MODEL, "")
-    assert all(u.extra["layer_digest"].startswith("sha256:") for u in result.uploaded)
+    assert {str(u.obj.path): u.sha256 for u in result.uploaded} == dict.fromkeys(MODEL)
+    assert all(u.detail.digest.startswith("sha256:") for u in result.uploaded)  # type: ignore[attr-defined]
     check_modelcar(reg, reference, tmp_path / "pulled", result)
     inspected = skopeo_inspect(reg, reference)
     assert inspected["Digest"] == result.committed.digest and len(inspected["Layers"]) == 1 + len(MODEL)

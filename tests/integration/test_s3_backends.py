@@ -119,11 +119,11 @@ async def test_model_round_trips_through_the_engine(
     by_path = {str(u.obj.path): u for u in result.uploaded}
     for path, data in MODEL.items():
         assert by_path[path].size == len(data)
-        assert by_path[path].sha256 == ""  # no sha256 listed: the parts' checksums cover the bytes
-        assert by_path[path].extra["key"] == f"copies/m/{path}"
-    assert by_path["weights/a.safetensors"].extra["etag"].strip('"').endswith("-3")  # multipart, 3 parts
-    assert by_path["weights/b.safetensors"].extra["etag"].strip('"').endswith("-2")
-    assert "-" not in by_path["weights/c.bin"].extra["etag"]  # one PutObject
+        assert by_path[path].sha256 is None  # no sha256 listed: the parts' checksums cover the bytes
+        assert by_path[path].detail.key == f"copies/m/{path}"  # type: ignore[attr-defined]
+    assert by_path["weights/a.safetensors"].detail.etag.strip('"').endswith("-3")  # type: ignore[attr-defined]  # multipart, 3 parts
+    assert by_path["weights/b.safetensors"].detail.etag.strip('"').endswith("-2")  # type: ignore[attr-defined]
+    assert "-" not in by_path["weights/c.bin"].detail.etag  # type: ignore[attr-defined]  # one PutObject
     assert open_uploads(dst_server, dst_bucket) == []
 
 
@@ -395,7 +395,7 @@ async def test_unknown_size_and_bounded_parts(weed: S3Server) -> None:
     files = {"big.bin": payload(23 * MiB + 1, 12), "small.bin": b"tiny", "zero.bin": b""}
     for name, data in files.items():
         uploaded = await destination.put(ObjectInfo(PurePosixPath(name), None), FailingStream(data, chunk_size=MiB))
-        assert uploaded.size == len(data) and uploaded.sha256 == ""
+        assert uploaded.size == len(data) and uploaded.sha256 is None
     assert 1 <= peak <= 2
     assert await destination.commit([]) == await destination.commit([])  # nothing to do, safe to repeat
     await destination.close()

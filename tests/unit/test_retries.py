@@ -257,7 +257,7 @@ async def test_a_file_the_destination_already_has_is_not_read(caplog: pytest.Log
     class HasOne(MemoryDestination):
         async def lookup(self, obj: ObjectInfo) -> Uploaded | None:
             if obj.path == PurePosixPath("w.bin"):
-                return Uploaded(obj=obj, size=len(DATA), sha256="", extra={"skipped": "true"})
+                return Uploaded(obj=obj, size=len(DATA), skipped=True)
             return None
 
     caplog.set_level(logging.INFO, logger="job.engine.progress")
@@ -273,7 +273,7 @@ async def test_a_file_the_destination_already_has_is_not_read(caplog: pytest.Log
 async def test_a_skip_of_the_wrong_size_is_an_integrity_error() -> None:
     class Lies(MemoryDestination):
         async def lookup(self, obj: ObjectInfo) -> Uploaded | None:
-            return Uploaded(obj=obj, size=1, sha256="")
+            return Uploaded(obj=obj, size=1)
 
     with pytest.raises(IntegrityError, match="holds 1 bytes"):
         await transfer(MemorySource({"w.bin": DATA}), Lies(), SETTINGS)

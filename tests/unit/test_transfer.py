@@ -78,7 +78,7 @@ async def test_engine_hashes_nothing_when_the_source_lists_no_sha256() -> None:
     # The whole-file sha256 would check nothing: no listed digest, and the destination has its own.
     dest = MemoryDestination(report_sha256=False)
     result = await run(MemorySource(TREE), dest)
-    assert [u.sha256 for u in result.uploaded] == [""] * len(TREE)
+    assert [u.sha256 for u in result.uploaded] == [None] * len(TREE)
 
 
 async def test_listed_digests_that_match_and_unknown_sizes_pass() -> None:
