@@ -14,40 +14,28 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-MASK = "***"
+from job.redaction import SecretMask
 
 # Attributes every LogRecord has; anything else was passed with `extra=` and goes into JSON lines.
 _RECORD_ATTRS = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
 
 
 class RedactSecrets(logging.Filter):
-    """Replace known secret values in a record's message and arguments with ``***``."""
+    """Mask known secret values (:class:`job.redaction.SecretMask`) in a record's message and arguments."""
 
     def __init__(self, secrets: Iterable[str] = ()) -> None:
         super().__init__()
-        self._secrets: list[str] = []
-        self.add(secrets)
+        self._mask = SecretMask(secrets)
 
     def add(self, secrets: Iterable[str]) -> None:
-        """Register more values to mask (short values are skipped: masking "a" would garble every line).
-
-        Each value is masked in every form a library may print it in: as it is, without surrounding white
-        space, escaped as in a Python ``repr`` of a str or of bytes (``b'Bearer tok\\n'``), and as in JSON.
-        """
-        for secret in secrets:
-            for form in _printed_forms(secret):
-                if len(form) >= 4 and form not in self._secrets:
-                    self._secrets.append(form)
-        self._secrets.sort(key=len, reverse=True)  # mask the longest first, so a prefix never leaks the rest
+        """Register more values to mask."""
+        self._mask.add(secrets)
 
     def redact(self, text: str) -> str:
-        for secret in self._secrets:
-            if secret in text:
-                text = text.replace(secret, MASK)
-        return text
+        return self._mask.redact(text)
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if self._secrets:
+        if self._mask:
             message = record.getMessage()
             if record.exc_info and record.exc_info[1] is not None:
                 # Formatters render the exception later; render it now so it can be redacted too.
@@ -55,20 +43,6 @@ class RedactSecrets(logging.Filter):
                 record.exc_info = None
             record.msg, record.args = self.redact(message), None
         return True
-
-
-def _printed_forms(secret: str) -> set[str]:
-    """``secret`` as it may appear in a message: raw, stripped, str-repr, bytes-repr and JSON escaped."""
-    if not secret:
-        return set()
-    forms = {secret, secret.strip()}
-    for value in tuple(forms):
-        forms.add(repr(value)[1:-1])
-        forms.add(repr(value.encode("utf-8", "backslashreplace"))[2:-1])
-        forms.add(json.dumps(value)[1:-1])
-        forms.add(json.dumps(value, ensure_ascii=False)[1:-1])
-    forms.discard("")
-    return forms
 
 
 class TextFormatter(logging.Formatter):

@@ -23,20 +23,18 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
-import re
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from pathlib import Path
 from typing import BinaryIO
 
 from job.errors import IntegrityError, ModelSyncError, SourceError
 from job.model import ObjectInfo
+from job.redaction import redact_query
 from job.retry import carry_retryability
 
 MiB = 1024 * 1024
 DEFAULT_CHUNK_SIZE = MiB
 """Read size for sources that choose one (local files); network sources pass on what arrives."""
-
-_QUERY = re.compile(r"(\b[a-z][a-z0-9+.-]*://[^\s?#'\"]*)\?[^\s#'\"]*", re.IGNORECASE)
 
 
 def describe(exc: BaseException) -> str:
@@ -44,7 +42,7 @@ def describe(exc: BaseException) -> str:
 
     Query strings are dropped because a presigned URL carries its signature there.
     """
-    text = _QUERY.sub(r"\1?<redacted>", str(exc))
+    text = redact_query(str(exc))
     name = type(exc).__name__
     return f"{name}: {text}" if text else name
 

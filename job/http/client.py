@@ -24,7 +24,8 @@ from pydantic import SecretStr
 from job.errors import SourceAuthError, SourceError, SourceNotFound
 from job.http.download import Download
 from job.http.settings import HttpSettings
-from job.http.urls import display_url, origin_of, redact_query
+from job.http.urls import display_url, origin_of
+from job.redaction import redact_query
 from job.retry import carry_retryability, is_retryable_status, log_before_sleep, retry_policy
 from job.streams import describe
 

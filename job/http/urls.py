@@ -1,21 +1,17 @@
 """URLs as the http layer shows and scopes them: names for messages, origins for secret headers, file names.
 
 Messages name URLs as ``scheme://host[:port]/path`` (:func:`display_url`): no query string (presigned
-signatures), no userinfo, and never a header value. :func:`redact_query` masks the query strings of URLs quoted
-in a server's own words.
+signatures), no userinfo, and never a header value; a server's own words go through ``job.redaction``.
 """
 
 from __future__ import annotations
 
 import email.message
-import re
 from urllib.parse import unquote
 
 import httpx
 
-__all__ = ["display_url", "filename_of", "origin_of", "redact_query"]
-
-_URL_QUERY = re.compile(r"(https?://[^\s?#'\"<>]*)\?[^\s#'\"<>]*", re.IGNORECASE)
+__all__ = ["display_url", "filename_of", "origin_of"]
 
 
 def display_url(url: str | httpx.URL) -> str:
@@ -30,11 +26,6 @@ def origin_of(url: str | httpx.URL) -> tuple[str, str, int]:
     """(scheme, host, port): secret headers are scoped to one origin."""
     u = httpx.URL(url)
     return u.scheme, u.host, u.port or (443 if u.scheme == "https" else 80)
-
-
-def redact_query(text: str) -> str:
-    """``text`` with the query string of every http(s) URL in it replaced by ``<redacted>``."""
-    return _URL_QUERY.sub(r"\1?<redacted>", text)
 
 
 def filename_of(response: httpx.Response | None, url: str) -> str | None:

@@ -13,7 +13,6 @@ botocore ships no type information: its exceptions are untyped at this seam.
 from __future__ import annotations
 
 import asyncio
-import re
 from collections.abc import Iterable
 from typing import Any, Literal
 
@@ -41,9 +40,10 @@ from job.errors import (
     SourceNotFound,
     UploadRejected,
 )
+from job.redaction import SecretMask, redact_query
 from job.retry import is_retryable, is_retryable_status, retry_after
 
-__all__ = ["MIN_REDACTED", "Side", "describe_s3_error", "map_s3_error", "redact", "s3_retryable"]
+__all__ = ["Side", "describe_s3_error", "map_s3_error", "redact", "s3_retryable"]
 
 Side = Literal["source", "destination"]
 
@@ -80,8 +80,6 @@ _RETRYABLE_CODES = {
     "TooManyRequestsException",
     "TransactionInProgressException",
 }
-MIN_REDACTED = 6
-_QUERY = re.compile(r"(\b[a-z][a-z0-9+.-]*://[^\s?#'\"]*)\?[^\s#'\"]*", re.IGNORECASE)
 
 
 def s3_retryable(exc: BaseException) -> bool:
@@ -113,16 +111,8 @@ def s3_retryable(exc: BaseException) -> bool:
 
 
 def redact(text: str, secrets: Iterable[str] = ()) -> str:
-    """``text`` without URL query strings and without any of ``secrets``.
-
-    Secrets shorter than :data:`MIN_REDACTED` are left alone: replacing a 1-letter "secret" everywhere
-    would garble the message, and no real S3 key is that short (AWS key ids are 20 characters).
-    """
-    text = _QUERY.sub(r"\1?<redacted>", text)
-    for secret in secrets:
-        if len(secret) >= MIN_REDACTED:
-            text = text.replace(secret, "<redacted>")
-    return " ".join(text.split())
+    """``text`` on one line, without URL query strings and without any of ``secrets`` (``job.redaction``)."""
+    return " ".join(SecretMask(secrets).redact(redact_query(text)).split())
 
 
 def _client_error_parts(exc: ClientError) -> tuple[str, int | None, str, str | None]:
