@@ -11,11 +11,9 @@
   chunk only where a part ends.
 
 The whole-file sha256 is computed only when there is a listed digest to check it against. Every byte is
-covered by a check anyway: an OCI layer's digest is the sha256 of the tar that holds the file, an S3 part
-carries a checksum the server verifies, and a second sha256 of the same bytes cost 0.6 CPU-s per GiB,
-which on this machine's two shared cores was 5-7% of the wall time (``make bench``, s3->oci and s3->s3).
-Hashing stays on the event loop's thread: on two busy cores a hashing thread did not help (README,
-Performance).
+covered by a check anyway: an OCI layer's digest is the sha256 of the tar that holds the file, and an S3
+part carries a checksum the server verifies; a second sha256 of the same bytes would cost CPU for nothing
+(README, Performance). Hashing stays on the event loop's thread (README, Performance, says why).
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ Call order, made by the engine:
 0. ``lookup(obj)`` once per file before it is read: the ``Uploaded`` an earlier try of the job
    already wrote for ``obj`` (same path, size and source identity, see ``job.model.source_identity``),
    or None. A file found is neither read nor put; its ``Uploaded.size`` must be ``obj.size``.
-1. ``put(obj, data)`` once per file, several at a time (bounded by the engine's files semaphore).
+1. ``put(obj, data)`` once per file, several at a time (at most ``parallel_files``: the engine's workers).
    ``data`` is the source stream already wrapped by the engine (hashed, counted, errors tagged);
    the destination consumes it to the end or raises. The stream never yields more than ``obj.size``
    bytes and raises ``IntegrityError`` instead of ending on a short read or a listed digest that does
