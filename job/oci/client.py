@@ -96,6 +96,17 @@ class OciClient(OciUploads):
         finally:
             await response.aclose()
 
+    async def blob_size(self, repository: str, digest: str) -> int | None:
+        """``HEAD /v2/<repo>/blobs/<digest>``: the blob's size as the registry stores it (None if it does not say)."""
+        response = await self._request(
+            "HEAD",
+            f"/v2/{repository}/blobs/{digest}",
+            scopes=Scopes.pull(repository),
+            what=f"checking blob {digest} in {self.registry}/{repository}",
+        )
+        length = response.headers.get("Content-Length", "")
+        return int(length) if length.isdigit() else None
+
     async def read_blob(self, repository: str, digest: str, *, start: int = 0, length: int | None = None) -> bytes:
         """Read a small blob (or a range of one) into memory; a whole blob is checked against its digest."""
         end = None if length is None else start + length

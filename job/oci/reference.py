@@ -20,9 +20,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from job.errors import ConfigError
+from job.errors import ConfigError, SourceError
 
-__all__ = ["DOCKER_HUB", "ImageReference", "parse_reference"]
+__all__ = ["DOCKER_HUB", "ImageReference", "checked_digest", "parse_reference"]
 
 DOCKER_HUB = "docker.io"
 DOCKER_HUB_API_HOST = "registry-1.docker.io"
@@ -126,3 +126,15 @@ def parse_reference(text: str) -> ImageReference:
     if tag is None and not at:
         tag = DEFAULT_TAG
     return ImageReference(registry=registry, repository=name, tag=tag, digest=digest if at else None)
+
+
+_BLOB_DIGEST = re.compile(r"^(?:sha256:[0-9a-f]{64}|sha512:[0-9a-f]{128})$")
+
+
+def checked_digest(value: object, what: str) -> str:
+    """``value`` if it is a digest this job can verify (``sha256:`` + 64 or ``sha512:`` + 128 lowercase hex, the
+    OCI image spec's registered algorithms); a ``SourceError`` otherwise. Digests read from a manifest end up in
+    URL paths: one like ``../../v2/_catalog?x=`` must never be requested."""
+    if not isinstance(value, str) or not _BLOB_DIGEST.match(value):
+        raise SourceError(f"{what}: {str(value)[:100]!r} is not a digest (algorithm:hex)")
+    return value

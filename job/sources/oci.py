@@ -28,16 +28,17 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import hashlib
 import logging
 import platform as host_platform
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any
 
 from job.config import OciLocation
-from job.errors import SourceError, SourceNotFound
+from job.errors import IntegrityError, SourceError, SourceNotFound
 from job.formats.gzip import GZIP_MAGIC, inflate
 from job.formats.shared_pass import SharedPass
 from job.formats.tar import RangedInput, StreamInput, TarEntry, scan_tar
@@ -45,7 +46,7 @@ from job.formats.tree import ModelTree
 from job.model import ObjectInfo, safe_relative_path
 from job.oci.client import OciClient
 from job.oci.protocol import ANNOTATION_TITLE, DOCKER_CONFIG, INDEX_TYPES, OCI_CONFIG, OCI_LAYER_TAR_GZIP
-from job.oci.reference import parse_reference
+from job.oci.reference import checked_digest, parse_reference
 from job.retry import RetrySettings
 
 log = logging.getLogger(__name__)
@@ -77,6 +78,10 @@ def layer_compression(media_type: str) -> str | None:
     if media_type.endswith((".layer.v1.tar", "diff.tar")):
         return "tar"
     return None
+
+
+_MAX_TAR_TAIL = 20 * 1024
+"""Bytes a layer's tar may hold after its end-of-archive marker (tar pads to 10 KiB records at most)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,9 +152,9 @@ class OciSource:
                 and p.get("architecture") == arch
                 and (not variant or p.get("variant") == variant)
             ):
-                return str(entry["digest"])
+                return checked_digest(entry.get("digest"), f"reading {self.uri}: the index entry for {self.platform}")
         if len(entries) == 1 and not entries[0].get("platform"):
-            return str(entries[0]["digest"])
+            return checked_digest(entries[0].get("digest"), f"reading {self.uri}: the index entry")
         offered = sorted(
             {
                 "/".join(filter(None, [(e.get("platform") or {}).get(k) for k in ("os", "architecture", "variant")]))
@@ -182,7 +187,12 @@ class OciSource:
             yield obj
 
     def _add_layer(self, descriptor: dict[str, Any], compression: str) -> int:
-        self._layers.append(_Layer(str(descriptor["digest"]), int(descriptor["size"]), compression))
+        what = f"reading {self.uri}: a layer"
+        digest = checked_digest(descriptor.get("digest"), what)
+        size = descriptor.get("size")
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise SourceError(f"{what} ({digest}) has no valid size: {str(size)[:40]!r}", uri=self.uri)
+        self._layers.append(_Layer(digest, size, compression))
         return len(self._layers) - 1
 
     async def _list_artifact(self, layers: builtins.list[dict[str, Any]]) -> builtins.list[ObjectInfo]:
@@ -212,9 +222,9 @@ class OciSource:
                     objects.append(ObjectInfo(path=path / f.path, size=f.payload.size))
                 continue
             index = self._add_layer(descriptor, "blob")
-            size = int(descriptor["size"])
-            self._files[path] = FileLocation(index, 0, size)
-            objects.append(ObjectInfo(path=path, size=size, digest=str(descriptor["digest"])))
+            blob = self._layers[index]  # read whole, and checked against its digest by the engine as it streams
+            self._files[path] = FileLocation(index, 0, blob.size)
+            objects.append(ObjectInfo(path=path, size=blob.size, digest=blob.digest))
         return objects
 
     async def _list_image(self, layers: builtins.list[dict[str, Any]]) -> builtins.list[ObjectInfo]:
@@ -254,6 +264,9 @@ class OciSource:
         layer = self._layers[index]
         what = f"reading {self.uri} layer {layer.digest}"
         repo = self.ref.repository
+        stored = await self.client.blob_size(repo, layer.digest)
+        if stored is not None and stored != layer.size:  # a size that is too small would hide files
+            raise IntegrityError(f"{what}: the registry holds {stored} bytes, the manifest says {layer.size}")
         if layer.compression == "tar":
             ranged = RangedInput(
                 lambda start, length: self.client.read_blob(repo, layer.digest, start=start, length=length),
@@ -266,9 +279,20 @@ class OciSource:
                 ranged.position = 0
                 members = [m async for m in scan_tar(ranged, what)]
                 log.debug("%s: %d tar entries in %d ranged reads", what, len(members), ranged.requests)
+                if layer.size - ranged.position > _MAX_TAR_TAIL:  # the tar "ended" long before its blob does
+                    raise IntegrityError(
+                        f"{what}: its tar ends at byte {ranged.position} of {layer.size}: the registry sent other bytes"
+                    )
                 return members
-        async with self.client.open_blob(repo, layer.digest, what=what) as body:
-            return [m async for m in scan_tar(StreamInput(inflate(body, what), what), what)]
+        async with (
+            self.client.open_blob(repo, layer.digest, what=what) as body,
+            aclosing(verified_blob(body, layer.digest, layer.size, what)) as checked,
+            aclosing(inflate(checked, what)) as plain,
+        ):
+            members = [m async for m in scan_tar(StreamInput(plain, what), what)]
+            async for _ in checked:  # the rest (end blocks, gzip trailer): the digest covers every byte
+                pass
+            return members
 
     # --- reading --------------------------------------------------------------------------------
 
@@ -288,6 +312,15 @@ class OciSource:
             if start == end:
                 yield _empty()
                 return
+            if offset == 0 and self._sole_file(location):
+                # The layer holds this one file (a modelcar's layout): read the whole blob, a few KiB more than
+                # the file, so that every byte is checked against the layer's digest.
+                async with (
+                    self.client.open_blob(repo, layer.digest, what=what) as body,
+                    aclosing(verified_blob(body, layer.digest, layer.size, what, keep=(start, end))) as checked,
+                ):
+                    yield checked
+                return
             async with self.client.open_blob(repo, layer.digest, start=start, end=end, what=what) as body:
                 yield body
             return
@@ -299,6 +332,9 @@ class OciSource:
             )
         async with shared.open(location.offset + offset, location.size - offset, str(obj.path)) as chunks:
             yield chunks
+
+    def _sole_file(self, location: FileLocation) -> bool:
+        return {f.offset for f in self._files.values() if f.layer == location.layer} == {location.offset}
 
     @asynccontextmanager
     async def _inflated(self, layer: _Layer) -> AsyncIterator[AsyncIterator[bytes]]:
@@ -315,6 +351,27 @@ class OciSource:
         for shared in self._passes.values():
             await shared.close()
         await self.client.aclose()
+
+
+async def verified_blob(
+    body: AsyncIterator[bytes], digest: str, size: int, what: str, *, keep: tuple[int, int] | None = None
+) -> AsyncGenerator[bytes, None]:
+    """The blob's bytes (only ``[keep)`` of them when given), hashed whole as they pass; at its end, its size and
+    digest must be the manifest's, else ``IntegrityError``: a registry serving other bytes under a digest."""
+    algorithm, _, expected = digest.partition(":")
+    hasher = hashlib.new(algorithm)
+    position = 0
+    async for chunk in body:
+        hasher.update(chunk)
+        if keep is None:
+            yield chunk
+        else:
+            lo, hi = max(keep[0] - position, 0), min(keep[1] - position, len(chunk))
+            if lo < hi:
+                yield chunk[lo:hi] if (lo, hi) != (0, len(chunk)) else chunk
+        position += len(chunk)
+    if position != size or hasher.hexdigest() != expected:
+        raise IntegrityError(f"{what}: the registry sent {position} bytes hashing to {algorithm}:{hasher.hexdigest()}")
 
 
 async def _empty() -> AsyncIterator[bytes]:
