@@ -56,7 +56,7 @@ from job.oci.modelcar import (
     modelcar_index,
     modelcar_manifest,
 )
-from job.oci.protocol import INDEX_TYPES, OCI_INDEX, OCI_MANIFEST
+from job.oci.protocol import INDEX_TYPES, OCI_INDEX, OCI_MANIFEST, image_entries
 from job.oci.reference import ImageReference, parse_reference
 from job.oci.upload import UploadSession, sha256_digest
 from job.retry import RetrySettings
@@ -87,17 +87,6 @@ class _Base:
     @property
     def is_index(self) -> bool:
         return len(self.platforms) > 1 or self.platforms[0].entry is not None
-
-
-def _is_image_entry(entry: dict[str, Any]) -> bool:
-    # buildx attestations are index entries with platform unknown/unknown that describe another entry.
-    annotations = entry.get("annotations") or {}
-    platform = entry.get("platform") or {}
-    return (
-        "vnd.docker.reference.type" not in annotations
-        and platform.get("os") != "unknown"
-        and entry.get("mediaType") not in INDEX_TYPES
-    )
 
 
 class OciDestination:
@@ -179,10 +168,12 @@ class OciDestination:
         top = await client.get_manifest(ref.repository, ref.reference)
         document = top.json()
         if top.media_type in INDEX_TYPES or document.get("mediaType") in INDEX_TYPES:
-            entries = [e for e in document.get("manifests", []) if _is_image_entry(e)]
+            entries = image_entries(document)
             if not entries:
                 raise DestinationError(f"base image {ref}: its index lists no image manifest", uri=self.uri)
-            pairs = [(e, await client.get_manifest(ref.repository, e["digest"])) for e in entries]
+            pairs: list[tuple[dict[str, Any] | None, Manifest]] = [
+                (e, await client.get_manifest(ref.repository, e["digest"])) for e in entries
+            ]
         else:
             pairs = [(None, top)]
         platforms = []
@@ -244,7 +235,7 @@ class OciDestination:
             manifest = await self.client.get_manifest(repo, tag)
             document = manifest.json()
             if manifest.media_type in INDEX_TYPES or document.get("mediaType") in INDEX_TYPES:
-                entries = [e for e in document.get("manifests", []) if _is_image_entry(e)]
+                entries = image_entries(document)
                 if not entries:
                     return {}
                 document = (await self.client.get_manifest(repo, str(entries[0]["digest"]))).json()

@@ -28,7 +28,7 @@ import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import httpx
 import oras.defaults  # type: ignore[import-untyped]
@@ -65,6 +65,20 @@ MANIFEST_ACCEPT = (OCI_MANIFEST, OCI_INDEX, DOCKER_MANIFEST, DOCKER_MANIFEST_LIS
 INDEX_TYPES = (OCI_INDEX, DOCKER_MANIFEST_LIST)
 
 Side = Literal["source", "destination"]
+
+
+def image_entries(index: dict[str, Any], *, nested: bool = False) -> list[dict[str, Any]]:
+    """The entries of an image index that are images: not buildx attestations (platform ``unknown/unknown``, or a
+    ``vnd.docker.reference.type`` annotation, describing another entry), nor nested indexes unless ``nested``."""
+    entries = index.get("manifests")
+    return [
+        e
+        for e in (entries if isinstance(entries, list) else [])
+        if isinstance(e, dict)
+        and "vnd.docker.reference.type" not in (e.get("annotations") or {})
+        and (e.get("platform") or {}).get("os") != "unknown"
+        and (nested or e.get("mediaType") not in INDEX_TYPES)
+    ]
 
 
 def _error_text(response: httpx.Response) -> tuple[str | None, str]:

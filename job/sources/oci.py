@@ -45,7 +45,7 @@ from job.formats.tar import RangedInput, StreamInput, TarEntry, scan_tar
 from job.formats.tree import ModelTree
 from job.model import ObjectInfo, safe_relative_path
 from job.oci.client import OciClient
-from job.oci.protocol import ANNOTATION_TITLE, DOCKER_CONFIG, INDEX_TYPES, OCI_CONFIG, OCI_LAYER_TAR_GZIP
+from job.oci.protocol import ANNOTATION_TITLE, DOCKER_CONFIG, INDEX_TYPES, OCI_CONFIG, OCI_LAYER_TAR_GZIP, image_entries
 from job.oci.reference import checked_digest, parse_reference
 from job.retry import RetrySettings
 
@@ -144,7 +144,7 @@ class OciSource:
     def _pick(self, index: dict[str, Any]) -> str:
         os_name, _, rest = self.platform.partition("/")
         arch, _, variant = rest.partition("/")
-        entries = [e for e in index.get("manifests", []) if (e.get("platform") or {}).get("os") != "unknown"]
+        entries = image_entries(index, nested=True)
         for entry in entries:
             p = entry.get("platform") or {}
             if (
