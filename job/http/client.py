@@ -130,10 +130,18 @@ class HttpClient:
         )
 
     def download(
-        self, url: str, *, what: str, start: int = 0, end: int | None = None, etag: str | None = None
+        self,
+        url: str,
+        *,
+        what: str,
+        start: int = 0,
+        end: int | None = None,
+        etag: str | None = None,
+        pinned: bool = False,
     ) -> Download:
-        """A not yet started :class:`Download` of bytes ``[start, end)`` of ``url``."""
-        return Download(self, url, what=what, start=start, end=end, etag=etag)
+        """A not yet started :class:`Download` of bytes ``[start, end)`` of ``url`` (``pinned``: immutable bytes,
+        resumable without a validator)."""
+        return Download(self, url, what=what, start=start, end=end, etag=etag, pinned=pinned)
 
     def backoff(self, attempt: int) -> float:
         """Seconds to wait before resume ``attempt`` (1-based): exponential with full jitter."""

@@ -160,10 +160,12 @@ class HfSource:
         """Stream one file through the Hub's resolve URL (following its CDN redirect), from ``offset``.
 
         No ``If-Match``: the CDN's ETag is not the listed git oid. The pinned commit makes the bytes immutable,
-        and an LFS file's listed sha256 is checked by the engine.
+        and an LFS file's listed sha256 is checked by the engine, so a broken read resumes even where the CDN
+        gives no validator (``pinned``; If-Range is still sent when it does).
         """
         what = f"downloading {obj.path} from {self.uri}"
-        download = self._client.download(self._resolve_url(obj.path), what=what, start=offset)
+        url = self._resolve_url(obj.path)
+        download = self._client.download(url, what=what, start=offset, pinned=self.commit is not None)
         try:
             await download.start()
         except SourceError as exc:

@@ -110,8 +110,9 @@ class Rule:
     times: int = 1
     skip: int = 0
     on_fire: Callable[[Seen], None] | None = None
-    header: tuple[str, str] | None = None
-    """``(name, regex)``: the request must also have this header, matching (``re.search``)."""
+    header: tuple[str, str | None] | None = None
+    """``(name, regex)``: the request must also have this header, matching (``re.search``); ``(name, None)``: the
+    request must not have it."""
     fired: int = 0
     matched: int = 0
     event: threading.Event = field(default_factory=threading.Event)
@@ -121,6 +122,8 @@ class Rule:
             return False
         if self.header is not None:
             value = headers.get(self.header[0].lower())
+            if self.header[1] is None:
+                return value is None
             return value is not None and re.search(self.header[1], value) is not None
         return True
 
@@ -281,7 +284,7 @@ class FaultProxy:
         times: int = 1,
         skip: int = 0,
         on_fire: Callable[[Seen], None] | None = None,
-        header: tuple[str, str] | None = None,
+        header: tuple[str, str | None] | None = None,
     ) -> Rule:
         """Break the next ``times`` requests matching ``method``, ``path`` and ``header`` (after ``skip`` of them)."""
         rule = Rule(fault, method.upper(), path, times, skip, on_fire, header)

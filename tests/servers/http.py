@@ -8,7 +8,8 @@ Routes:
 
 * ``GET|HEAD /files/<path>``: a file under ``root``, with ``ETag``, ``If-Match`` (412), ``If-Range``, one
   ``Range`` (206/416) and ``Accept-Ranges: bytes``. Query options: ``ranges=0`` (no ``Accept-Ranges``, ``Range``
-  ignored), ``length=0`` (no ``Content-Length``: the body ends when the connection closes), ``drop=N&once=KEY``
+  ignored), ``ranges=ignore`` (``Accept-Ranges: bytes``, yet ``Range`` ignored: a 200 with the whole file),
+  ``etag=0`` (no ``ETag``: ``Last-Modified``, the file's mtime, is the validator ``If-Range`` is compared with), ``length=0`` (no ``Content-Length``: the body ends when the connection closes), ``drop=N&once=KEY``
   (close the connection after N body bytes, the first time only for each KEY), ``type=`` (Content-Type),
   ``disposition=`` (a Content-Disposition filename). Unknown query keys are ignored (presigned-style noise).
 * ``/private/<path>``: like ``/files``, but 401 without ``X-Api-Key: API_KEY`` or ``Authorization: Bearer API_TOKEN``.
@@ -41,6 +42,7 @@ import zipfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from email.utils import formatdate
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -218,17 +220,23 @@ class _Handler(BaseHTTPRequestHandler):
         if not file.is_relative_to(self.state.root) or not file.is_file():
             return self._error(404, f"{rel} not found")
         st = file.stat()
-        self._serve(file.read_bytes(), query, head, etag=f'"{st.st_size:x}-{st.st_mtime_ns:x}"')
+        modified = formatdate(st.st_mtime, usegmt=True)
+        self._serve(file.read_bytes(), query, head, etag=f'"{st.st_size:x}-{st.st_mtime_ns:x}"', modified=modified)
 
-    def _serve(self, data: bytes, query: dict[str, str], head: bool, *, etag: str | None = None) -> None:
+    def _serve(
+        self, data: bytes, query: dict[str, str], head: bool, *, etag: str | None = None, modified: str | None = None
+    ) -> None:
         etag = etag or '"' + hashlib.sha256(data).hexdigest()[:20] + '"'
-        ranges = query.get("ranges") != "0"
+        validator: str | None = etag
+        if query.get("etag") == "0":  # a server that dates its files and tags none
+            etag, validator = None, modified
+        ranges = query.get("ranges") not in ("0", "ignore")
         if_match = self.headers.get("If-Match")
-        if if_match and if_match != "*" and etag not in [t.strip() for t in if_match.split(",")]:
+        if etag and if_match and if_match != "*" and etag not in [t.strip() for t in if_match.split(",")]:
             return self._error(412, "precondition failed")
         start, end, status = 0, len(data), 200
         wanted = self.headers.get("Range")
-        if ranges and wanted and self.headers.get("If-Range", etag) == etag:
+        if ranges and wanted and self.headers.get("If-Range", validator) == validator:
             m = re.fullmatch(r"bytes=(\d*)-(\d*)", wanted.strip())
             first, last = (m.group(1), m.group(2)) if m else ("", "")
             if first:
@@ -245,8 +253,11 @@ class _Handler(BaseHTTPRequestHandler):
         body = memoryview(data)[start:end]
         self.send_response(status)
         self.send_header("Content-Type", query.get("type", "application/octet-stream"))
-        self.send_header("ETag", etag)
-        if ranges:
+        if etag:
+            self.send_header("ETag", etag)
+        elif modified:
+            self.send_header("Last-Modified", modified)
+        if query.get("ranges") != "0":
             self.send_header("Accept-Ranges", "bytes")
         if status == 206:
             self.send_header("Content-Range", f"bytes {start}-{end - 1}/{len(data)}")

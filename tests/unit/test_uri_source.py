@@ -188,7 +188,7 @@ async def test_a_broken_body_without_range_support_fails_clearly() -> None:
 
 @respx.mock
 async def test_resume_gives_up_after_its_attempts() -> None:
-    headers = {"Accept-Ranges": "bytes"}
+    headers = {"Accept-Ranges": "bytes", "ETag": '"v1"'}
     first = httpx.Response(200, headers=headers, stream=Dropping(DATA, 10))
     again = [
         httpx.Response(
@@ -215,7 +215,7 @@ async def test_a_file_replaced_before_the_resume_is_an_error() -> None:
 
 @respx.mock
 async def test_a_wrong_content_range_is_an_error() -> None:
-    headers = {"Accept-Ranges": "bytes"}
+    headers = {"Accept-Ranges": "bytes", "ETag": '"v1"'}
     bad = httpx.Response(
         206, headers={**headers, "Content-Range": f"bytes 0-{len(DATA) - 1}/{len(DATA)}"}, content=DATA
     )
