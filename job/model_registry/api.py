@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 
-from job.errors import ConfigError
+from job.errors import ConfigError, ModelRegistryError
 from job.model_registry.errors import error_body
 
 __all__ = ["API_PREFIXES", "API_VERSIONS", "ApiPrefix"]
@@ -59,10 +59,10 @@ class ApiPrefix:
         and one request, once, on an older one; a route-less 404 commits nothing, so a POST is safe to resend.
         """
         if self.prefix is not None:
-            return await http.request(method, self.prefix + path, params=params, json=json)
-        response = await http.request(method, API_PREFIXES["v1"] + path, params=params, json=json)
+            return await _bounded(http, method, self.prefix + path, params=params, json=json)
+        response = await _bounded(http, method, API_PREFIXES["v1"] + path, params=params, json=json)
         if response.status_code == 404 and error_body(response) is None:
-            older = await http.request(method, API_PREFIXES["v1alpha3"] + path, params=params, json=json)
+            older = await _bounded(http, method, API_PREFIXES["v1alpha3"] + path, params=params, json=json)
             if older.status_code == 404 and error_body(older) is None:
                 return response  # neither generation: the caller's error says so
             self.prefix = API_PREFIXES["v1alpha3"]
@@ -71,3 +71,30 @@ class ApiPrefix:
         if response.status_code < 500 and response.status_code not in (401, 403):
             self.prefix = API_PREFIXES["v1"]
         return response
+
+
+MAX_ANSWER = 16 * 1024 * 1024
+"""Largest answer read into memory: a page of 100 entities is a few hundred KiB; a hostile or broken server's
+600 MiB answer must not become 1.9 GB of Python objects."""
+
+
+async def _bounded(
+    http: httpx.AsyncClient, method: str, url: str, *, params: Mapping[str, str] | None, json: Any
+) -> httpx.Response:
+    """One request whose answer is read into memory up to :data:`MAX_ANSWER` bytes; more is a ``ModelRegistryError``."""
+    response = await http.send(http.build_request(method, url, params=params, json=json), stream=True)
+    try:
+        data = bytearray()
+        async for chunk in response.aiter_bytes():
+            data += chunk
+            if len(data) > MAX_ANSWER:
+                raise ModelRegistryError(
+                    f"{method} {url}: the Model Registry's answer is over {MAX_ANSWER // (1024 * 1024)} MiB",
+                    status=response.status_code,
+                )
+    finally:
+        await response.aclose()
+    headers = [
+        (k, v) for k, v in response.headers.multi_items() if k.lower() not in ("content-encoding", "content-length")
+    ]
+    return httpx.Response(response.status_code, headers=headers, content=bytes(data), request=response.request)

@@ -50,6 +50,11 @@ CHUNK_SIZE = MiB
 _DIRECTORY_TYPES = {"application/x-directory", "httpd/unix-directory"}
 
 
+MAX_PAGES = 1_000
+"""Listing pages followed (up to 1,000 keys each): far above any model, and an end to a server whose listing
+never ends."""
+
+
 class S3Source:
     """A :class:`~job.sources.base.Source` over an S3 object or prefix."""
 
@@ -121,6 +126,8 @@ class S3Source:
             if not token or token in seen:  # a server repeating its token would loop forever
                 break
             seen.add(token)
+            if len(seen) > MAX_PAGES:  # one always handing out a new token would, too
+                raise SourceError(f"listing {target}: more than {MAX_PAGES} pages of objects", uri=target)
         if not found:
             if head_error is not None:
                 raise head_error

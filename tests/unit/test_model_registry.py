@@ -514,3 +514,14 @@ async def test_a_redirect_is_not_followed_so_the_token_stays_with_the_registry(c
         with pytest.raises(ModelRegistryError, match=r"getting model artifact 7: 307"):
             await client.get_model_artifact("7")
     assert not elsewhere.called
+
+
+async def test_an_answer_over_the_bound_is_refused_without_reading_it_all() -> None:
+    """A 600 MiB answer took 1.9 GB; now anything over MAX_ANSWER is a one-line error."""
+    from job.model_registry import api
+
+    with respx.mock(base_url=BASE, assert_all_called=True) as router:
+        router.get(f"{PREFIX}/registered_models/1").respond(json={"id": "1", "pad": "x" * (api.MAX_ANSWER + 10)})
+        async with ModelRegistryClient(BASE, token=None, retry_attempts=1) as c:
+            with pytest.raises(ModelRegistryError, match="answer is over 16 MiB"):
+                await c.get_registered_model("1")

@@ -342,3 +342,24 @@ async def test_part_body_sends_the_chunks_as_they_are() -> None:
     assert b"".join([bytes(p) async for p in body]) == b"efghij"
     body.seek(-3, 2)
     assert body.read() == b"hij" and body.read() == b""
+
+
+async def test_a_listing_that_never_ends_is_cut_at_the_page_bound(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An endpoint that always hands out a new continuation token: the listing stops with one line, not memory."""
+    from job.sources import s3 as s3_source
+
+    monkeypatch.setattr(s3_source, "MAX_PAGES", 5)
+    source = S3Source(location("models/m/"))
+    pages = iter(range(10_000))
+
+    async def endless(operation: str, doing: str, target: str, **kwargs: object) -> dict[str, object]:
+        if operation == "head_object":
+            raise client_error("404", 404, op="HeadObject")
+        n = next(pages)
+        return {"Contents": [{"Key": f"models/m/f{n}", "Size": 1}], "IsTruncated": True,
+                "NextContinuationToken": f"t{n}"}  # fmt: skip
+
+    monkeypatch.setattr(source._conn, "call", endless)
+    with pytest.raises(SourceError, match=r"listing s3://bkt/models/m/: more than 5 pages of objects"):
+        _ = [o async for o in source.list()]
+    await source.close()
