@@ -59,6 +59,7 @@ class HttpFileSource:
         download = self._parked or await self._client.download(self._url, what=self._what).start()
         self._parked = download
         name = filename_of(download.response, self._url)
+        _refuse_non_files(download, name, self._url)
         if name is None:
             raise SourceError(
                 f"listing {display_url(self._url)}: the URL names no file (its path ends with '/') and the "
@@ -149,3 +150,19 @@ class UriSource:
 
 
 __all__ = ["HttpFileSource", "UriSource"]
+
+
+def _refuse_non_files(download: Download, name: str | None, url: str) -> None:
+    """A model file URL answered with a web page or with nothing is not a model: an HTML page whose URL does not
+    name an ``.html`` file is a login or error page a proxy or an expired link sent; a 204 has no body at all."""
+    response = download.response
+    assert response is not None
+    where = display_url(url)
+    if response.status_code == 204:
+        raise SourceError(f"downloading {where}: the server answered 204 No Content, so there is no file", uri=where)
+    content_type = response.headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
+    if content_type == "text/html" and not (name or "").lower().endswith((".html", ".htm")):
+        raise SourceError(
+            f"downloading {where}: the server answered with an HTML page (a login or error page?), not the model file",
+            uri=where,
+        )

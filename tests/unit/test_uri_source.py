@@ -396,3 +396,27 @@ async def test_hub_401_explains_private_repositories() -> None:
     )
     with pytest.raises(SourceNotFound, match=r"HTTP 401.*Repository Not Found.*set HF_TOKEN"):
         await read_all(source("hf://org/secret", hf_endpoint="https://hub.example"))
+
+
+@pytest.mark.parametrize(
+    ("response", "why"),
+    [
+        (httpx.Response(200, headers={"Content-Type": "text/html; charset=utf-8"}, content=b"<html>log in</html>"),
+         "answered with an HTML page"),
+        (httpx.Response(204), "204 No Content"),
+    ],
+)  # fmt: skip
+@respx.mock
+async def test_a_web_page_or_no_content_is_not_stored_as_the_model(response: httpx.Response, why: str) -> None:
+    respx.get(URL).mock(return_value=response)
+    with pytest.raises(SourceError, match=why):
+        await read_all(source())
+
+
+@respx.mock
+async def test_an_html_file_the_url_names_is_a_file() -> None:
+    url = "https://files.example/docs/model-card.html"
+    respx.get(url).mock(
+        return_value=httpx.Response(200, headers={"Content-Type": "text/html"}, content=b"<h1>card</h1>")
+    )
+    assert await read_all(source(url)) == {"model-card.html": b"<h1>card</h1>"}
