@@ -130,6 +130,14 @@ def _header_secrets(value: str) -> Iterable[str]:
         yield credential.strip()
 
 
+def _first_error(exc: BaseException) -> BaseException:
+    """The first error inside a (nested) ExceptionGroup, which a TaskGroup raises: the user sees that one
+    error's line, never "unhandled errors in a TaskGroup"."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return exc
+
+
 def run(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> int:
     """Run the job once; return the exit code. Never raises for expected errors."""
     env = os.environ if environ is None else environ
@@ -157,17 +165,19 @@ def run(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> int:
             result = asyncio.run(run_until_terminated(plan, on_sigterm=watchdog.arm))
         finally:
             watchdog.disarm()
-    except ModelSyncError as exc:
-        message = redactor.redact(str(exc))
-        log.error("%s", message)
-        write_termination_message(termination_path, message)
-        return exc.exit_code
     except KeyboardInterrupt:
         write_termination_message(termination_path, "interrupted")
         return 130
-    except Exception as exc:  # a bug: keep the traceback in the log, one line in the termination message
+    except Exception as exc:
+        error = _first_error(exc)
+        if isinstance(error, ModelSyncError):
+            message = redactor.redact(str(error))
+            log.error("%s", message)
+            write_termination_message(termination_path, message)
+            return error.exit_code
+        # A bug: keep the traceback in the log, one line in the termination message.
         log.exception("internal error")
-        message = redactor.redact(f"internal error: {exc.__class__.__name__}: {exc}")
+        message = redactor.redact(f"internal error: {error.__class__.__name__}: {error}")
         write_termination_message(termination_path, " ".join(message.split()))
         return 1
     write_termination_message(termination_path, json.dumps(result.to_termination_message()))

@@ -13,13 +13,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from pydantic import SecretStr
 
 from job.errors import ConfigError
 from job.retry import RetrySettings
 from job.settings.chain import Settings
+from job.settings.checks import check_bucket, check_url, path_problem, read_text_file, safe_is_dir, safe_is_file
 from job.settings.credentials import DockerConfig, header_value, read_docker_config, read_uri_headers
 from job.settings.layers import registry_host
 from job.settings.names import (
@@ -162,7 +162,10 @@ def _ambient_aws_identity(environ: Mapping[str, str]) -> bool:
 
 def _s3_location(settings: Settings, side: str, environ: Mapping[str, str]) -> S3Location:
     why = f"{side}-type is s3 (set it, or mount it with {setting_name(side + '_s3_credentials_path')})"
-    bucket = _require(settings, f"{side}_aws_bucket", why)
+    bucket = check_bucket(_require(settings, f"{side}_aws_bucket", why), setting_name(f"{side}_aws_bucket"))
+    endpoint = getattr(settings, f"{side}_aws_endpoint") or None
+    if endpoint:
+        check_url(endpoint, setting_name(f"{side}_aws_endpoint"), ("http", "https"))
     key = getattr(settings, f"{side}_aws_key") or ""
     if side == "source" and not key:
         _require(settings, "source_aws_key", "source-type is s3: name the object or the prefix to copy")
@@ -177,7 +180,7 @@ def _s3_location(settings: Settings, side: str, environ: Mapping[str, str]) -> S
         bucket=bucket,
         key=key.lstrip("/"),
         region=getattr(settings, f"{side}_aws_region"),
-        endpoint=getattr(settings, f"{side}_aws_endpoint"),
+        endpoint=endpoint,
         access_key_id=key_id,
         secret_access_key=secret,
     )
@@ -185,7 +188,7 @@ def _s3_location(settings: Settings, side: str, environ: Mapping[str, str]) -> S
 
 def _existing(settings: Settings, field: str) -> Path | None:
     path: Path | None = getattr(settings, field)
-    if path is not None and not path.is_file():
+    if path is not None and not safe_is_file(path):
         raise ConfigError(f"invalid setting {setting_name(field)}: {path} does not exist")
     return path
 
@@ -226,11 +229,9 @@ def _source(settings: Settings, environ: Mapping[str, str]) -> S3Location | UriL
             return _oci_location(settings, "source")
         case "uri":
             uri = _require(settings, "source_uri", "source-type is uri (or mount a Secret with a file URI)")
-            scheme = urlsplit(uri).scheme
-            if scheme not in ("http", "https", "hf"):
-                raise ConfigError(
-                    f"invalid setting {setting_name('source_uri')}: scheme {scheme or '(none)'!r} is not http, https or hf"
-                )
+            check_url(uri, setting_name("source_uri"), ("http", "https", "hf"))
+            hf_endpoint = (environ.get("HF_ENDPOINT") or "https://huggingface.co").strip().rstrip("/")
+            check_url(hf_endpoint, "env var HF_ENDPOINT", ("http", "https"))
             headers_dir = settings.source_uri_credentials_path
             headers = (
                 read_uri_headers(headers_dir, setting=setting_name("source_uri_credentials_path"))
@@ -242,12 +243,12 @@ def _source(settings: Settings, environ: Mapping[str, str]) -> S3Location | UriL
             return UriLocation(
                 uri,
                 headers=headers,
-                hf_endpoint=(environ.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/"),
+                hf_endpoint=hf_endpoint,
                 hf_token=header_value(hf_token, f"env var {hf_name}") if hf_token else None,
             )
         case "pvc":
             path = _require(settings, "source_path", "source-type is pvc: the mounted file or directory")
-            if not path.exists():
+            if not (safe_is_dir(path) or safe_is_file(path)):
                 raise ConfigError(
                     f"invalid setting {setting_name('source_path')}: {path} does not exist (is the PVC mounted?)"
                 )
@@ -257,14 +258,15 @@ def _source(settings: Settings, environ: Mapping[str, str]) -> S3Location | UriL
 
 def _registry(settings: Settings, environ: Mapping[str, str]) -> RegistryConfig:
     address = _require(settings, "registry_server_address", "where the Model Registry is").strip().rstrip("/")
-    parts = urlsplit(address if "://" in address else "//" + address)
-    if "://" in address and parts.scheme not in ("http", "https"):
-        raise ConfigError(f"invalid setting {setting_name('registry_server_address')}: scheme must be http or https")
+    # Upstream takes a bare host too: check it as https://host, as it is used.
+    parts = check_url(address if "://" in address else "https://" + address,
+                      setting_name("registry_server_address"), ("http", "https"))  # fmt: skip
     explicit_secure = "registry_is_secure" in settings.model_fields_set
     secure = settings.registry_is_secure if explicit_secure or "://" not in address else parts.scheme == "https"
     explicit_port = "registry_port" in settings.model_fields_set
     port = settings.registry_port if explicit_port or parts.port is None else parts.port
-    base_url = f"{'https' if secure else 'http'}://{parts.hostname}:{port}{parts.path}"
+    host = f"[{parts.hostname}]" if ":" in (parts.hostname or "") else parts.hostname  # IPv6 keeps its brackets
+    base_url = f"{'https' if secure else 'http'}://{host}:{port}{parts.path}"
     token, token_file = _registry_token(settings, environ)
     return RegistryConfig(
         base_url=base_url,
@@ -290,9 +292,10 @@ def _registry_token(settings: Settings, environ: Mapping[str, str]) -> tuple[Sec
             )
         # Kubeflow's client reads a token *file path* from this env var; accept a path or the token itself.
         value = value.strip()
+        what = f"{setting_name('registry_user_token_envvar')}: env var {envvar}"
         if not value.startswith("/"):
-            return header_value(value, f"{setting_name('registry_user_token_envvar')}: env var {envvar}"), None
-        return _read_token_file(Path(value), f"env var {envvar}"), Path(value)
+            return header_value(value, what), None
+        return _read_token_file(Path(value), what), Path(value)
     if DEFAULT_USER_TOKEN_ENVVAR in environ:
         path = Path(environ[DEFAULT_USER_TOKEN_ENVVAR])
         return _read_token_file(path, f"env var {DEFAULT_USER_TOKEN_ENVVAR}"), path
@@ -302,13 +305,10 @@ def _registry_token(settings: Settings, environ: Mapping[str, str]) -> tuple[Sec
 
 
 def _read_token_file(path: Path, what: str) -> SecretStr:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"{what}: cannot read token file {path}: {exc.strerror}") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{what}: token file {path} is not UTF-8 text") from None
-    return header_value(text, f"{what}: token file {path}")
+    problem = path_problem(path)
+    if problem:
+        raise ConfigError(f"{what}: token file: {problem}")
+    return header_value(read_text_file(path, f"{what}: token file"), f"{what}: token file {path}")
 
 
 def _registry_verify(settings: Settings, environ: Mapping[str, str], secure: bool) -> bool | str:
@@ -322,7 +322,7 @@ def _registry_verify(settings: Settings, environ: Mapping[str, str], secure: boo
             ca, field = Path(value), "registry_custom_ca_envvar"
     if ca is None:
         return True
-    if not ca.is_file():
+    if path_problem(ca) or not safe_is_file(ca):
         raise ConfigError(f"invalid setting {setting_name(field)}: CA bundle {ca} does not exist")
     return str(ca)
 
@@ -331,7 +331,7 @@ def _metadata_path(settings: Settings) -> Path | None:
     path = settings.metadata_configmap_path
     if path is None:
         return DEFAULT_METADATA_PATH if DEFAULT_METADATA_PATH.is_dir() else None
-    if not path.is_dir():
+    if not safe_is_dir(path):
         raise ConfigError(
             f"invalid setting {setting_name('metadata_configmap_path')}: {path} is not a directory (is the ConfigMap mounted?)"
         )

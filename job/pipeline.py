@@ -17,15 +17,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from job.backends import check_available, make_destination, make_source
-from job.config import JobConfig
+from job.config import JobConfig, OciLocation
 from job.destinations.base import Destination
 from job.engine.progress import ProgressReporter
 from job.engine.transfer import TransferResult, TransferSettings, transfer
-from job.errors import Terminated
+from job.errors import ConfigError, Terminated
 from job.intents import IntentResult, IntentSpec, run_intent, validate_spec
 from job.model import Committed
 from job.model_registry.client import ModelRegistryClient
+from job.oci.reference import parse_reference
 from job.settings.metadata import ModelMetadata, load_metadata
+from job.settings.names import setting_name
 from job.sources.base import Source
 
 log = logging.getLogger(__name__)
@@ -63,12 +65,29 @@ def plan_job(config: JobConfig) -> Plan:
     )
     validate_spec(spec)
     check_available(config)
+    check_references(config)
     settings = TransferSettings(
         parallel_files=config.parallel_files,
         retry=config.retry,
         stop_cleanup_timeout=max(0.5, config.stop_timeout * STOP_SHARE_TRANSFER),
     )
     return Plan(config=config, spec=spec, transfer_settings=settings)
+
+
+def check_references(config: JobConfig) -> None:
+    """Parse every image reference as the OCI backends will, so a bad one exits 2 before the registry is touched."""
+    references = []
+    if isinstance(config.source, OciLocation):
+        references.append(("source_oci_uri", config.source.reference))
+    if isinstance(config.destination, OciLocation):
+        references.append(("destination_oci_uri", config.destination.reference))
+        if config.destination.base_image:
+            references.append(("destination_oci_base_image", config.destination.base_image))
+    for field, reference in references:
+        try:
+            parse_reference(reference)
+        except ConfigError as exc:
+            raise ConfigError(f"invalid setting {setting_name(field)}: {exc}") from None
 
 
 async def move_model(

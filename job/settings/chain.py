@@ -32,6 +32,7 @@ from pydantic_settings import (
 
 from job.errors import ConfigError
 from job.oci.certs import DEFAULT_CERTS_DIR
+from job.settings.checks import path_problem
 from job.settings.credentials import header_value, secret_value
 from job.settings.layers import CredentialFilesSource, PlainEnvSource
 from job.settings.names import (
@@ -155,7 +156,9 @@ class Settings(BaseSettings):
 
     # --- model registry client ---
     registry_server_address: str | None = Field(None, description="Model Registry address (with or without scheme).")
-    registry_port: int = Field(443, description="Model Registry port (a port in the address wins if unset).")
+    registry_port: int = Field(
+        443, ge=1, le=65535, description="Model Registry port (a port in the address wins if unset)."
+    )
     registry_is_secure: bool = Field(True, description="Use https for the Model Registry.")
     registry_author: str | None = Field(None, description="Author recorded on created versions.")
     registry_user_token: SecretStr | None = Field(None, description="Bearer token for the Model Registry.")
@@ -251,6 +254,33 @@ class Settings(BaseSettings):
             return check(value, "value")
         except ConfigError as exc:
             raise ValueError(str(exc).removeprefix("value: ")) from None
+
+    @field_validator(
+        "source_uri",
+        "source_aws_bucket",
+        "source_aws_endpoint",
+        "source_oci_uri",
+        "source_oci_registry",
+        "destination_aws_bucket",
+        "destination_aws_endpoint",
+        "destination_oci_uri",
+        "destination_oci_registry",
+        "destination_oci_base_image",
+        "registry_server_address",
+        mode="before",
+    )
+    @classmethod
+    def _strip(cls, value: object) -> object:
+        # Addresses, like secrets, lose the line break `echo` or a YAML block scalar leaves around them.
+        return value.strip() if isinstance(value, str) else value
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _path(cls, value: object) -> object:
+        # Path.exists() raises, rather than answers False, for a name the file system cannot hold.
+        if isinstance(value, Path) and (problem := path_problem(value)):
+            raise ValueError(problem)
+        return value
 
     @field_validator("log_level", "registry_log_level", mode="before")
     @classmethod

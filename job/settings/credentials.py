@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from typing import Any
 from pydantic import SecretStr
 
 from job.errors import ConfigError
+from job.settings.checks import path_problem, read_text_file, safe_is_dir, shown
 
 # The files of an S3 Secret and the setting suffix each one fills. The first file found wins:
 # AWS_REGION before AWS_DEFAULT_REGION, AWS_ENDPOINT_URL before AWS_S3_ENDPOINT, ...
@@ -53,15 +55,26 @@ def header_value(raw: str, what: str) -> SecretStr:
     return value
 
 
-def _read_value(path: Path) -> str:
+def _read_value(path: Path, setting: str) -> str | None:
+    """A Secret key's file, or None when there is no such key. Anything there that cannot be read (a directory,
+    a dangling link, no permission, not UTF-8) is a ConfigError: a key that is present must be usable."""
+    if not os.path.lexists(path):
+        return None
     # Secrets written with `echo` end with a newline; `kubectl create secret --from-file` keeps it.
-    return path.read_text(encoding="utf-8").rstrip("\r\n")
+    return read_text_file(path, setting).rstrip("\r\n")
 
 
 def _require_dir(path: Path, setting: str) -> None:
-    if not path.exists():
+    problem = path_problem(path)
+    if problem:
+        raise ConfigError(f"{setting}: credentials path {shown(path)}: {problem}")
+    try:
+        exists, is_dir = path.exists(), path.is_dir()
+    except OSError as exc:
+        raise ConfigError(f"{setting}: cannot read credentials path {path}: {exc.strerror}") from None
+    if not exists:
         raise ConfigError(f"{setting}: credentials path {path} does not exist (is the Secret mounted?)")
-    if not path.is_dir():
+    if not is_dir:
         raise ConfigError(f"{setting}: credentials path {path} is not a directory of Secret keys")
 
 
@@ -74,9 +87,8 @@ def read_s3_secret(path: Path, *, setting: str) -> dict[str, Any]:
     values: dict[str, Any] = {}
     for suffix, names in S3_SECRET_FILES.items():
         for name in names:
-            file = path / name
-            if file.is_file():
-                text = _read_value(file)
+            text = _read_value(path / name, setting)
+            if text is not None:
                 values[suffix] = SecretStr(text) if suffix in _SECRET_SUFFIXES else text
                 break
     return values
@@ -86,9 +98,9 @@ def read_uri_secret(path: Path, *, setting: str) -> dict[str, Any]:
     """Read a URI Secret directory: file ``URI`` (the source URI, which may embed a token)."""
     _require_dir(path, setting)
     values: dict[str, Any] = {}
-    uri_file = path / "URI"
-    if uri_file.is_file():
-        values["uri"] = _read_value(uri_file)
+    uri = _read_value(path / "URI", setting)
+    if uri is not None:
+        values["uri"] = uri
     return values
 
 
@@ -99,10 +111,11 @@ def read_uri_headers(path: Path, *, setting: str) -> dict[str, SecretStr]:
     """
     _require_dir(path, setting)
     headers_file = path / "HEADERS"
-    if not headers_file.is_file():
+    text = _read_value(headers_file, setting)
+    if text is None:
         return {}
     headers: dict[str, SecretStr] = {}
-    for number, line in enumerate(headers_file.read_text(encoding="utf-8").splitlines(), start=1):
+    for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip() or line.lstrip().startswith("#"):
             continue
         name, sep, value = line.partition(":")
@@ -171,12 +184,15 @@ class DockerConfig:
 def _resolve_dockerconfig_file(path: Path, setting: str) -> Path:
     # The upstream job takes the file itself; a `kubernetes.io/dockerconfigjson` Secret mounted as a
     # volume is a directory holding `.dockerconfigjson`. Accept both.
-    if path.is_dir():
+    problem = path_problem(path)
+    if problem:
+        raise ConfigError(f"{setting}: credentials path {shown(path)}: {problem}")
+    if safe_is_dir(path):
         for name in (".dockerconfigjson", "config.json", ".dockercfg"):
-            if (path / name).is_file():
+            if os.path.lexists(path / name):
                 return path / name
         raise ConfigError(f"{setting}: {path} holds no .dockerconfigjson")
-    if not path.exists():
+    if not os.path.lexists(path):
         raise ConfigError(f"{setting}: credentials path {path} does not exist (is the Secret mounted?)")
     return path
 
@@ -188,12 +204,13 @@ def read_docker_config(path: Path, *, setting: str) -> DockerConfig:
     Anything malformed is a ConfigError naming the setting and the entry, never a secret.
     """
     file = _resolve_dockerconfig_file(path, setting)
+    text = read_text_file(file, setting)
     try:
-        doc = json.loads(file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{setting}: cannot read {file}: {exc.__class__.__name__}") from None
+        doc = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ConfigError(f"{setting}: {file} is not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    except RecursionError:
+        raise ConfigError(f"{setting}: {file} is not a docker config (JSON nested too deep)") from None
     if not isinstance(doc, dict):
         raise ConfigError(f"{setting}: {file} is not a docker config (expected a JSON object)")
     # `.dockercfg` (legacy) is the bare auths map; `.dockerconfigjson` wraps it in "auths".

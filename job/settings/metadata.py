@@ -267,11 +267,14 @@ def _read_value(entry: Path, key: str, where: Path) -> str:
 def _parse_properties(text: str, key: str, where: Path) -> CustomProperties:
     try:
         value = json.loads(text, parse_constant=_reject_constant)
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key} in {where}: expected a JSON object, got {type(value).__name__}")
+        return to_custom_properties(value, where=f"{key} in {where}")
+    except RecursionError:
+        # json's C scanner and encoder stop at the interpreter's recursion limit (about 1000 levels).
+        raise ConfigError(f"{key} in {where}: invalid JSON: nested too deep") from None
     except ValueError as exc:
         raise ConfigError(f"{key} in {where}: invalid JSON: {exc}") from exc
-    if not isinstance(value, dict):
-        raise ConfigError(f"{key} in {where}: expected a JSON object, got {type(value).__name__}")
-    return to_custom_properties(value, where=f"{key} in {where}")
 
 
 def load_metadata(path: Path) -> ModelMetadata:

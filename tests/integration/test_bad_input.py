@@ -74,7 +74,7 @@ class Ctx:
         return {
             **pvc_env(model),
             "MODEL_SYNC_DESTINATION_TYPE": "s3",
-            "MODEL_SYNC_DESTINATION_AWS_BUCKET": "b",
+            "MODEL_SYNC_DESTINATION_AWS_BUCKET": "bkt",
             "MODEL_SYNC_DESTINATION_AWS_ENDPOINT": self.wire,
             "MODEL_SYNC_DESTINATION_AWS_ACCESS_KEY_ID": "AKIDBADINPUT",
             "MODEL_SYNC_DESTINATION_AWS_SECRET_ACCESS_KEY": "bad-input-secret-key",
@@ -110,7 +110,7 @@ def _with(**extra: str) -> Builder:
 
 
 def _s3_secret_without_key_id(ctx: Ctx) -> dict[str, str]:
-    secret = write_tree(ctx.tmp / "s3-secret", {"AWS_SECRET_ACCESS_KEY": b"only-the-secret", "AWS_BUCKET": b"b"})
+    secret = write_tree(ctx.tmp / "s3-secret", {"AWS_SECRET_ACCESS_KEY": b"only-the-secret", "AWS_BUCKET": b"bkt"})
     env = {k: v for k, v in ctx.config_base().items() if "DESTINATION_AWS_ACCESS" not in k and "SECRET" not in k}
     return {**env, "MODEL_SYNC_DESTINATION_S3_CREDENTIALS_PATH": str(secret)}
 
@@ -118,6 +118,73 @@ def _s3_secret_without_key_id(ctx: Ctx) -> dict[str, str]:
 def _uri_headers_malformed(ctx: Ctx) -> dict[str, str]:
     secret = write_tree(ctx.tmp / "uri-secret", {"URI": f"{ctx.wire}/m.bin".encode(), "HEADERS": b"not a header"})
     return {**ctx.config_base(), "MODEL_SYNC_SOURCE_TYPE": "uri", "MODEL_SYNC_SOURCE_URI_CREDENTIALS_PATH": str(secret)}
+
+
+def _uri_secret(headers: bytes | None) -> Builder:
+    """A uri source whose Secret has a ``HEADERS`` file of ``headers`` (None: a directory in its place)."""
+
+    def build(ctx: Ctx) -> dict[str, str]:
+        secret = write_tree(ctx.tmp / "uri-secret", {"URI": f"{ctx.wire}/m.bin".encode()})
+        if headers is None:
+            (secret / "HEADERS").mkdir()
+        else:
+            (secret / "HEADERS").write_bytes(headers)
+        return {**ctx.config_base(), "MODEL_SYNC_SOURCE_TYPE": "uri",
+                "MODEL_SYNC_SOURCE_URI_CREDENTIALS_PATH": str(secret)}  # fmt: skip
+
+    return build
+
+
+def _token_file(kind: str) -> Builder:
+    """MODEL_SYNC_REGISTRY_USER_TOKEN_ENVVAR naming an env var that holds the path of an unusable token file:
+    a directory, a dangling symlink (what an unreadable file gives too: no read), or bytes that are not UTF-8."""
+
+    def build(ctx: Ctx) -> dict[str, str]:
+        path = ctx.tmp / "token"
+        if kind == "directory":
+            path.mkdir()
+        elif kind == "dangling":
+            os.symlink(ctx.tmp / "no-such-token", path)
+        else:
+            path.write_bytes(b"\xff\xfe token")
+        return {
+            **ctx.config_base(),
+            "MODEL_SYNC_REGISTRY_USER_TOKEN_ENVVAR": "MY_TOKEN_PATH",
+            "MY_TOKEN_PATH": str(path),
+        }
+
+    return build
+
+
+def _s3_secret_key_is_a_directory(ctx: Ctx) -> dict[str, str]:
+    secret = write_tree(ctx.tmp / "s3-secret", {"AWS_ACCESS_KEY_ID": b"AKIDBADINPUT"})
+    (secret / "AWS_SECRET_ACCESS_KEY").mkdir()
+    env = {k: v for k, v in ctx.config_base().items() if "DESTINATION_AWS_ACCESS" not in k and "SECRET" not in k}
+    return {**env, "MODEL_SYNC_DESTINATION_S3_CREDENTIALS_PATH": str(secret)}
+
+
+def _docker_config_not_utf8(ctx: Ctx) -> dict[str, str]:
+    path = write_tree(ctx.tmp / "docker", {".dockerconfigjson": b'{"auths": {"\xff": {}}}'}) / ".dockerconfigjson"
+    return {**ctx.config_base(), "MODEL_SYNC_DESTINATION_TYPE": "oci", "MODEL_SYNC_DESTINATION_OCI_URI": f"127.0.0.1:{ctx.tripwire.port}/m:1",
+            "MODEL_SYNC_DESTINATION_OCI_CREDENTIALS_PATH": str(path)}  # fmt: skip
+
+
+def _oci(**extra: str) -> Builder:
+    """An oci destination on the tripwire, with ``extra`` on top (a bad reference, a bad base image)."""
+    return lambda ctx: {**ctx.config_base(), "MODEL_SYNC_DESTINATION_TYPE": "oci",
+                        "MODEL_SYNC_DESTINATION_OCI_URI": f"127.0.0.1:{ctx.tripwire.port}/m:1", **extra}  # fmt: skip
+
+
+def _oci_source(reference: str) -> Builder:
+    return lambda ctx: {**ctx.config_base(), "MODEL_SYNC_SOURCE_TYPE": "oci", "MODEL_SYNC_SOURCE_OCI_URI": reference}
+
+
+def _s3_source(**extra: str) -> Builder:
+    """An s3 source on the tripwire, with ``extra`` on top."""
+    return lambda ctx: {**ctx.config_base(), "MODEL_SYNC_SOURCE_TYPE": "s3", "MODEL_SYNC_SOURCE_AWS_BUCKET": "models",
+                        "MODEL_SYNC_SOURCE_AWS_KEY": "m/", "MODEL_SYNC_SOURCE_AWS_ENDPOINT": ctx.wire,
+                        "MODEL_SYNC_SOURCE_AWS_ACCESS_KEY_ID": "AKIDBADINPUT",
+                        "MODEL_SYNC_SOURCE_AWS_SECRET_ACCESS_KEY": "bad-input-secret-key", **extra}  # fmt: skip
 
 
 def _create_model(**files: str) -> Builder:
@@ -235,6 +302,52 @@ CASES: dict[str, Case] = {
                                                              "ModelVersion.custom_properties": "[1, 2]"}),
                                             2, "ModelVersion.custom_properties"),
     "metadata id disagrees with the setting": Case(_create_version_ids_disagree, 2, "MODEL_SYNC_MODEL_ID"),
+    "custom properties nested 100,000 deep": Case(_create_model(**{"RegisteredModel.name": "m", "ModelVersion.name": "v1",
+                                                                  "ModelVersion.custom_properties": "[" * 100_000 + "]" * 100_000}),
+                                                2, "ModelVersion.custom_properties"),
+    # --- hostile addresses, ports and paths (exit 2, no server contacted) ---
+    "registry address with an unclosed IPv6 literal": Case(_with(MODEL_SYNC_REGISTRY_SERVER_ADDRESS="http://[::1"), 2,
+                                                           "MODEL_SYNC_REGISTRY_SERVER_ADDRESS"),
+    "source uri with an unclosed IPv6 literal": Case(_with(MODEL_SYNC_SOURCE_TYPE="uri", MODEL_SYNC_SOURCE_URI="http://[::1/x"),
+                                                     2, "MODEL_SYNC_SOURCE_URI"),
+    "S3 endpoint with an unclosed IPv6 literal": Case(_with(MODEL_SYNC_DESTINATION_AWS_ENDPOINT="http://[::1"), 2,
+                                                      "MODEL_SYNC_DESTINATION_AWS_ENDPOINT"),
+    "registry address with port 99999": Case(_with(MODEL_SYNC_REGISTRY_SERVER_ADDRESS="http://127.0.0.1:99999"), 2,
+                                             "MODEL_SYNC_REGISTRY_SERVER_ADDRESS"),
+    "registry port 99999": Case(_with(MODEL_SYNC_REGISTRY_PORT="99999"), 2, "MODEL_SYNC_REGISTRY_PORT"),
+    "registry port -1": Case(_with(MODEL_SYNC_REGISTRY_PORT="-1"), 2, "MODEL_SYNC_REGISTRY_PORT"),
+    "source path of 3,000 characters": Case(_with(MODEL_SYNC_SOURCE_PATH="/" + "p" * 3000), 2, "MODEL_SYNC_SOURCE_PATH"),
+    "storage path of 3,000 characters": Case(_with(MODEL_SYNC_STORAGE_PATH="/" + "p" * 3000), 2, "MODEL_SYNC_STORAGE_PATH"),
+    "registry address of 100 KB": Case(_with(MODEL_SYNC_REGISTRY_SERVER_ADDRESS="http://" + "a" * 100_000), 2,
+                                       "MODEL_SYNC_REGISTRY_SERVER_ADDRESS"),
+    "source S3 endpoint with port 99999": Case(_s3_source(MODEL_SYNC_SOURCE_AWS_ENDPOINT="http://127.0.0.1:99999"), 2,
+                                               "MODEL_SYNC_SOURCE_AWS_ENDPOINT"),
+    "S3 endpoint that is not a URL": Case(_with(MODEL_SYNC_DESTINATION_AWS_ENDPOINT="minio.local:9000"), 2,
+                                          "MODEL_SYNC_DESTINATION_AWS_ENDPOINT"),
+    "S3 endpoint with an ftp scheme": Case(_s3_source(MODEL_SYNC_SOURCE_AWS_ENDPOINT="ftp://127.0.0.1:21"), 2,
+                                           "MODEL_SYNC_SOURCE_AWS_ENDPOINT"),
+    "destination bucket with a slash": Case(_with(MODEL_SYNC_DESTINATION_AWS_BUCKET="models/m"), 2,
+                                                      "MODEL_SYNC_DESTINATION_AWS_BUCKET"),
+    "source bucket with a space": Case(_s3_source(MODEL_SYNC_SOURCE_AWS_BUCKET="my models"), 2, "MODEL_SYNC_SOURCE_AWS_BUCKET"),
+    # --- hostile image references (exit 2, before the registry is touched) ---
+    "destination reference with an uppercase repository": Case(_oci(MODEL_SYNC_DESTINATION_OCI_URI="127.0.0.1:9/Models/m:1"),
+                                                               2, "MODEL_SYNC_DESTINATION_OCI_URI"),
+    "destination reference '::::'": Case(_oci(MODEL_SYNC_DESTINATION_OCI_URI="::::"), 2, "MODEL_SYNC_DESTINATION_OCI_URI"),
+    "destination reference with an empty repository": Case(_oci(MODEL_SYNC_DESTINATION_OCI_URI="127.0.0.1:9/:1"), 2,
+                                                           "MODEL_SYNC_DESTINATION_OCI_URI"),
+    "source reference with a newline": Case(_oci_source("127.0.0.1:9/m\nx:1"), 2, "MODEL_SYNC_SOURCE_OCI_URI"),
+    "base image with an uppercase repository": Case(_oci(MODEL_SYNC_DESTINATION_OCI_BASE_IMAGE="BusyBox:latest"), 2,
+                                                    "MODEL_SYNC_DESTINATION_OCI_BASE_IMAGE"),
+    # --- unreadable credential files (exit 2) ---
+    "URI Secret HEADERS is a directory": Case(_uri_secret(None), 2, "MODEL_SYNC_SOURCE_URI_CREDENTIALS_PATH"),
+    "URI Secret HEADERS not UTF-8": Case(_uri_secret(b"X-Token: \xff\xfe\n"), 2, "MODEL_SYNC_SOURCE_URI_CREDENTIALS_PATH"),
+    "URI Secret HEADERS value not ASCII": Case(_uri_secret("X-Token: caf\u00e9\n".encode()), 2,
+                                               "MODEL_SYNC_SOURCE_URI_CREDENTIALS_PATH"),
+    "registry token file is a directory": Case(_token_file("directory"), 2, "MODEL_SYNC_REGISTRY_USER_TOKEN_ENVVAR"),
+    "registry token file is a dangling link": Case(_token_file("dangling"), 2, "MODEL_SYNC_REGISTRY_USER_TOKEN_ENVVAR"),
+    "registry token file not UTF-8": Case(_token_file("binary"), 2, "MODEL_SYNC_REGISTRY_USER_TOKEN_ENVVAR"),
+    "S3 Secret key that is a directory": Case(_s3_secret_key_is_a_directory, 2, "MODEL_SYNC_DESTINATION_S3_CREDENTIALS_PATH"),
+    "docker config not UTF-8": Case(_docker_config_not_utf8, 2, "MODEL_SYNC_DESTINATION_OCI_CREDENTIALS_PATH"),
     # --- registry answers (exit 1) ---
     "artifact that does not exist": Case(_runtime(MODEL_SYNC_MODEL_ARTIFACT_ID="999999"), 1,
                                          "getting model artifact 999999: 404"),

@@ -162,7 +162,7 @@ def test_unreachable_registry_fails_with_exit_1_and_one_line(tmp_path: Path, tri
         "MODEL_SYNC_SOURCE_TYPE": "pvc",
         "MODEL_SYNC_SOURCE_PATH": str(tmp_path / "model"),
         "MODEL_SYNC_DESTINATION_TYPE": "s3",
-        "MODEL_SYNC_DESTINATION_AWS_BUCKET": "b",
+        "MODEL_SYNC_DESTINATION_AWS_BUCKET": "bkt",
         "MODEL_SYNC_DESTINATION_AWS_ACCESS_KEY_ID": "AKIDTRIPWIRE",
         "MODEL_SYNC_DESTINATION_AWS_SECRET_ACCESS_KEY": "tripwire-secret-key-value",
     }

@@ -40,7 +40,7 @@ def config(registry: ModelRegistryStandin, tmp_path: Path, *extra: str) -> JobCo
     argv = [
         "--registry-server-address", registry.url, "--registry-user-token", "pipeline-token",
         "--source-type", "pvc", "--source-path", str(src),
-        "--destination-type", "s3", "--destination-aws-bucket", "b", "--destination-aws-key", "m",
+        "--destination-type", "s3", "--destination-aws-bucket", "bkt", "--destination-aws-key", "m",
         "--destination-aws-access-key-id", "AK", "--destination-aws-secret-access-key", "SK",
         *extra,
     ]  # fmt: skip

@@ -282,7 +282,7 @@ def test_missing_credentials_path_is_a_config_error(tmp_path: Path, setting: str
 # --- the typed view ----------------------------------------------------------------------
 
 BASE = ["--registry-server-address", "http://127.0.0.1:8080", "--model-artifact-id", "1"]
-S3_SRC = ["--source-aws-bucket", "b", "--source-aws-key", "models/m/", "--source-aws-access-key-id", "AK",
+S3_SRC = ["--source-aws-bucket", "bkt", "--source-aws-key", "models/m/", "--source-aws-access-key-id", "AK",
           "--source-aws-secret-access-key", "SK"]  # fmt: skip
 OCI_DST = ["--destination-oci-uri", "oci://127.0.0.1:5000/models/m:v1"]
 
@@ -293,7 +293,7 @@ def job(argv: list[str], environ: dict[str, str] | None = None):  # type: ignore
 
 def test_s3_to_oci_typed() -> None:
     cfg = job(BASE + S3_SRC + OCI_DST)
-    assert cfg.source.uri == "s3://b/models/m/"  # type: ignore[union-attr]
+    assert cfg.source.uri == "s3://bkt/models/m/"  # type: ignore[union-attr]
     assert cfg.destination.reference == "127.0.0.1:5000/models/m:v1"  # type: ignore[union-attr]
     assert cfg.destination.registry == "127.0.0.1:5000"  # type: ignore[union-attr]
     assert cfg.registry.base_url == "http://127.0.0.1:8080"
@@ -347,7 +347,7 @@ def test_registry_custom_ca(tmp_path: Path) -> None:
 
 
 def test_s3_keys_may_come_from_the_pod_identity() -> None:
-    argv = [*BASE, "--source-aws-bucket", "b", "--source-aws-key", "k", *OCI_DST]
+    argv = [*BASE, "--source-aws-bucket", "bkt", "--source-aws-key", "k", *OCI_DST]
     with pytest.raises(ConfigError, match="MODEL_SYNC_SOURCE_AWS_ACCESS_KEY_ID"):
         job(argv)
     cfg = job(argv, {"AWS_WEB_IDENTITY_TOKEN_FILE": "/var/run/secrets/eks.amazonaws.com/token"})
