@@ -124,6 +124,7 @@ class JobConfig:
     job_id: str | None
     storage_path: Path
     parallel_files: int
+    max_files: int
     parallel_parts: int
     part_size: int | None
     termination_message_path: Path
@@ -358,6 +359,7 @@ def build_job_config(settings: Settings, environ: Mapping[str, str] | None = Non
         job_id=settings.job_id,
         storage_path=settings.storage_path,
         parallel_files=settings.parallel_files,
+        max_files=settings.max_files,
         parallel_parts=settings.parallel_parts,
         part_size=settings.part_size_mib * 1024 * 1024 if settings.part_size_mib else None,
         termination_message_path=settings.termination_message_path,

@@ -68,6 +68,7 @@ def plan_job(config: JobConfig) -> Plan:
     check_references(config)
     settings = TransferSettings(
         parallel_files=config.parallel_files,
+        max_files=config.max_files,
         retry=config.retry,
         stop_cleanup_timeout=max(0.5, config.stop_timeout * STOP_SHARE_TRANSFER),
     )

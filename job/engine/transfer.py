@@ -69,6 +69,8 @@ class TransferSettings:
 
     parallel_files: int = 4
     """Files moved at once."""
+    max_files: int = 100_000
+    """Files a source may list; more is an error (a hostile or broken listing would otherwise grow memory)."""
     progress_interval: float = 5.0
     """Seconds between progress lines (when the reporter does not set its own)."""
     cleanup_timeout: float = 20.0
@@ -257,9 +259,13 @@ async def _cancel_and_wait(tasks: Sequence[asyncio.Task[None]]) -> bool:
     return interrupted
 
 
-async def _list_all(source: Source) -> list[ObjectInfo]:
+async def _list_all(source: Source, max_files: int) -> list[ObjectInfo]:
+    objects: list[ObjectInfo] = []
     try:
-        objects = [obj async for obj in source.list()]
+        async for obj in source.list():
+            objects.append(obj)
+            if len(objects) > max_files:  # a listing that never ends must not grow memory without bound
+                raise SourceError(f"listing the source: more than {max_files} files (MODEL_SYNC_MAX_FILES)")
     except ModelSyncError:
         raise
     except Exception as exc:
@@ -302,7 +308,7 @@ async def transfer(
     budget = _Budget(settings.cleanup_timeout)
     try:
         try:
-            objects = await _list_all(source)
+            objects = await _list_all(source, settings.max_files)
             total = None if any(o.size is None for o in objects) else sum(o.size or 0 for o in objects)
             reporter.start(files=len(objects), total_bytes=total, interval=settings.progress_interval)
             ticker = asyncio.create_task(reporter.run_ticker(), name="progress-ticker")

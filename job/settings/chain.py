@@ -178,6 +178,9 @@ class Settings(BaseSettings):
     # 4 x 3 x 8 MiB = 96 MiB with the defaults (the 8 MiB part a file up to about 78 GiB gets; larger files get
     # larger parts, job.s3.parts), plus about one 1 MiB chunk in flight per file. OCI streams: chunks only. ---
     parallel_files: int = Field(4, ge=1, le=64, description="Files moved at once.")
+    max_files: int = Field(
+        100_000, ge=1, description="Files a source may list (links expanded included); more is an error."
+    )
     parallel_parts: int = Field(2, ge=1, le=64, description="Parts in flight per multipart upload.")
     part_size_mib: int | None = Field(
         None, ge=5, le=5120, description="Multipart part size in MiB (default: chosen from the file size)."

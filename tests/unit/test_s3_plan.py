@@ -142,6 +142,7 @@ def job_config(source: object, destination: object, *, part_size: int | None = N
         job_id=None,
         storage_path=Path("/tmp"),
         parallel_files=3,
+        max_files=100_000,
         parallel_parts=5,
         part_size=part_size,
         termination_message_path=Path("/dev/null"),

@@ -385,3 +385,12 @@ def test_settings_are_validated() -> None:
         TransferSettings(parallel_files=0)
     with pytest.raises(ConfigError):
         TransferSettings(progress_interval=0)
+
+
+async def test_a_listing_over_max_files_stops_at_the_bound() -> None:
+    """A source that lists without end (a hostile server, a broken one) ends in one line, not in memory."""
+    source = MemorySource({f"f{i}": b"x" for i in range(50)})
+    destination = MemoryDestination()
+    with pytest.raises(SourceError, match=r"more than 10 files \(MODEL_SYNC_MAX_FILES\)"):
+        await transfer(source, destination, TransferSettings(max_files=10))
+    assert destination.calls == ["abort", "close"]
