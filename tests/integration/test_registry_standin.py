@@ -695,7 +695,12 @@ UNDOCUMENTED_STATUS = (
     # §5: find without name/externalId is 400; findRegisteredModel documents no 400.
     ({"findRegisteredModel"}, 400, r"^invalid parameters call", "§5"),
     # §4: externalId is unique per table, so an update can clash (409); update operations document no 409.
-    ({"updateRegisteredModel", "updateModelVersion", "updateModelArtifact"}, 409, r"already exists", "§4"),
+    (
+        {"updateRegisteredModel", "updateModelVersion", "updateModelArtifact", "updateArtifact"},
+        409,
+        r"already exists",
+        "§4",
+    ),
 )
 
 
