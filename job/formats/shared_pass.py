@@ -39,7 +39,9 @@ class SharedPass:
     ``open_stream()`` opens the stream from its start each time the pass (re)starts; ``where`` and ``what``
     name it in messages ("<where>: reading <what> again ..."); ``truncated(position)`` is the error for a
     stream that ends before a range does. With ``end`` (where the last range ends) the stream is closed as
-    soon as the pass has reached it and nothing is queued, so a finished pass holds no connection.
+    soon as the pass has reached it and nothing is queued, so a finished pass holds no connection; with
+    ``read_to_the_end`` too, the stream is first read to its very end within the last range's read, so that a
+    stream checking itself at its end (a blob against its digest) fails that read rather than nobody.
     """
 
     def __init__(
@@ -50,11 +52,13 @@ class SharedPass:
         *,
         truncated: Callable[[int], SourceError] | None = None,
         end: int | None = None,
+        read_to_the_end: bool = False,
     ) -> None:
         self._open_stream = open_stream
         self._where = where
         self._what = what
         self._end = end
+        self._read_to_the_end = read_to_the_end
         self._truncated = truncated or self._default_truncated
         self._tickets = itertools.count()
         self._queue: dict[int, int] = {}  # ticket -> target offset
@@ -112,6 +116,11 @@ class SharedPass:
                 yield chunk
             if remaining:
                 raise self._truncated(self._pos)
+            if self._read_to_the_end and self._end is not None and self._pos >= self._end:
+                # The last range is served: read the rest too, so that a stream that checks itself at its end
+                # (a blob against its digest) does so before the last reader's stream ends.
+                async for chunk in self._reader.iter_part(1 << 62):
+                    self._pos += len(chunk)
         except GeneratorExit:
             raise  # the reader stopped at a yield: the pass is still in step
         except BaseException:

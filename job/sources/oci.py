@@ -16,12 +16,15 @@
   or typed tar+gzip (oras-py) is a directory packed by ``oras push``: its tar(.gz) is listed like an
   image layer, rooted at the title.
 
-``open(obj, offset)``: a ranged GET of exactly the file's bytes (ORAS layers, uncompressed layers). A gzip
-layer has no random access, and an image built with ``COPY models/ /models/`` holds the whole model in one:
-its files are served from one shared pass over the decompressed layer (:class:`~job.formats.shared_pass.SharedPass`),
-so the layer is downloaded and inflated once for all of them rather than once per file (n/2 times the layer
-for n files). Image files are listed in layer and tar order (path order within that), which is the order the
-pass meets them.
+``open(obj, offset)``: an ORAS file is a ranged GET of its blob (its digest listed: the engine checks it). A tar
+layer's files are served from one shared pass over the whole blob (:class:`~job.formats.shared_pass.SharedPass`),
+inflated when gzip: an image built with ``COPY models/ /models/`` holds the whole model in one layer, which is then
+downloaded once for all its files rather than once per file. The pass reads its blob to the end and checks it
+against the layer's digest before the last file's stream ends, so every byte copied is verified (a resume at an
+offset restarts the pass). Image files are listed in layer and tar order (path order within that), the order the
+pass meets them. Listing checks too: digests must be ``algorithm:hex``, each layer's stored size (a HEAD) must be
+the manifest's, a gzip layer's listing pass hashes the whole blob, and a plain tar whose end-of-archive marker
+comes more than 20 KiB before its blob's end is refused.
 """
 
 from __future__ import annotations
@@ -104,7 +107,7 @@ class OciSource:
     """Read a model from an image or ORAS artifact (see the module docstring)."""
 
     seekable = True
-    """``open(obj, offset=n)`` is a ranged GET (a gzip layer: streamed again and skipped to ``n``), and a
+    """``open(obj, offset=n)`` is a ranged GET (a tar layer: its pass restarted and skipped to ``n``), and a
     blob is addressed by its digest, so a resumed read is the same bytes: the engine resumes broken reads."""
 
     def __init__(self, location: OciLocation, *, max_connections: int = 16, retry: RetrySettings | None = None) -> None:
@@ -127,7 +130,7 @@ class OciSource:
         self._layers: builtins.list[_Layer] = []
         self._files: dict[PurePosixPath, FileLocation] = {}
         self._passes: dict[int, SharedPass] = {}
-        """One shared pass per gzip layer, made when a file of it is first opened."""
+        """One shared pass per tar layer, made when a file of it is first opened."""
 
     # --- resolving ------------------------------------------------------------------------------
 
@@ -307,44 +310,38 @@ class OciSource:
         layer = self._layers[location.layer]
         what = f"reading {obj.path} from {self.uri}"
         repo = self.ref.repository
-        if layer.compression != "gzip":
+        if layer.compression == "blob":  # an ORAS file: the whole blob, its digest listed and checked by the engine
             start, end = location.offset + offset, location.offset + location.size
             if start == end:
                 yield _empty()
                 return
-            if offset == 0 and self._sole_file(location):
-                # The layer holds this one file (a modelcar's layout): read the whole blob, a few KiB more than
-                # the file, so that every byte is checked against the layer's digest.
-                async with (
-                    self.client.open_blob(repo, layer.digest, what=what) as body,
-                    aclosing(verified_blob(body, layer.digest, layer.size, what, keep=(start, end))) as checked,
-                ):
-                    yield checked
-                return
             async with self.client.open_blob(repo, layer.digest, start=start, end=end, what=what) as body:
                 yield body
             return
+        # A tar layer, plain or gzip: its files are served by one pass over the whole blob, which checks every
+        # byte against the layer's digest (a resume at an offset restarts the pass, so it is checked too).
         shared = self._passes.get(location.layer)
         if shared is None:
             end = max(f.offset + f.size for f in self._files.values() if f.layer == location.layer)
             shared = self._passes[location.layer] = SharedPass(
-                lambda: self._inflated(layer), self.uri, f"layer {layer.digest}", end=end
+                lambda: self._layer_stream(layer), self.uri, f"layer {layer.digest}", end=end, read_to_the_end=True
             )
         async with shared.open(location.offset + offset, location.size - offset, str(obj.path)) as chunks:
             yield chunks
 
-    def _sole_file(self, location: FileLocation) -> bool:
-        return {f.offset for f in self._files.values() if f.layer == location.layer} == {location.offset}
-
     @asynccontextmanager
-    async def _inflated(self, layer: _Layer) -> AsyncIterator[AsyncIterator[bytes]]:
-        """A gzip layer's blob, decompressed, from its start."""
+    async def _layer_stream(self, layer: _Layer) -> AsyncIterator[AsyncIterator[bytes]]:
+        """A tar layer's blob from its start, checked against its digest at its end, inflated if gzip."""
         what = f"reading {self.uri} layer {layer.digest}"
         async with (
             self.client.open_blob(self.ref.repository, layer.digest, what=what) as body,
-            aclosing(inflate(body, what)) as plain,
+            aclosing(verified_blob(body, layer.digest, layer.size, what)) as checked,
         ):
-            yield plain
+            if layer.compression != "gzip":
+                yield checked
+                return
+            async with aclosing(inflate(checked, what)) as plain:
+                yield plain
 
     async def close(self) -> None:
         """Close the shared passes and the registry connections."""
@@ -353,23 +350,16 @@ class OciSource:
         await self.client.aclose()
 
 
-async def verified_blob(
-    body: AsyncIterator[bytes], digest: str, size: int, what: str, *, keep: tuple[int, int] | None = None
-) -> AsyncGenerator[bytes, None]:
-    """The blob's bytes (only ``[keep)`` of them when given), hashed whole as they pass; at its end, its size and
-    digest must be the manifest's, else ``IntegrityError``: a registry serving other bytes under a digest."""
+async def verified_blob(body: AsyncIterator[bytes], digest: str, size: int, what: str) -> AsyncGenerator[bytes, None]:
+    """The blob's bytes, hashed as they pass; at its end, its size and digest must be the manifest's, else
+    ``IntegrityError``: a registry serving other bytes under a digest."""
     algorithm, _, expected = digest.partition(":")
     hasher = hashlib.new(algorithm)
     position = 0
     async for chunk in body:
         hasher.update(chunk)
-        if keep is None:
-            yield chunk
-        else:
-            lo, hi = max(keep[0] - position, 0), min(keep[1] - position, len(chunk))
-            if lo < hi:
-                yield chunk[lo:hi] if (lo, hi) != (0, len(chunk)) else chunk
         position += len(chunk)
+        yield chunk
     if position != size or hasher.hexdigest() != expected:
         raise IntegrityError(f"{what}: the registry sent {position} bytes hashing to {algorithm}:{hasher.hexdigest()}")
 

@@ -130,11 +130,13 @@ def test_a_malformed_layer_digest_is_refused_before_any_request_is_built_from_it
     assert get_artifact(registry_standin.api_url, artifact_id)["state"] != "LIVE"
 
 
-def test_a_gzip_layer_with_substituted_bytes_is_an_integrity_error(
+@pytest.mark.parametrize("compressed", [True, False], ids=["gzip", "plain"])
+def test_a_layer_holding_the_whole_model_with_substituted_bytes_is_an_integrity_error(
     registry_standin: ModelRegistryStandin, registry_plain: Registry, oci_proxy: FaultProxy,
-    seaweedfs_s3: S3Server, image: tuple[str, str], tmp_path: Path,
+    seaweedfs_s3: S3Server, image: tuple[str, str], tmp_path: Path, compressed: bool,
 ) -> None:  # fmt: skip
-    """docker build's layout (the whole model in one gzip layer): the listing pass reads it whole and checks it."""
+    """docker build's layout (the whole model in one layer): gzip, whose listing pass reads it whole and checks it,
+    or plain, whose listing reads headers only and whose copy pass checks the whole blob at its end."""
     repository, _ = image
     raw = io.BytesIO()
     with tarfile.open(fileobj=raw, mode="w") as tar:
@@ -142,16 +144,16 @@ def test_a_gzip_layer_with_substituted_bytes_is_an_integrity_error(
             info = tarfile.TarInfo(f"models/{name}")
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
-    blob = gzip.compress(raw.getvalue())
+    blob = gzip.compress(raw.getvalue()) if compressed else raw.getvalue()
     upload = httpx.post(f"http://{registry_plain.host}/v2/{repository}/blobs/uploads/", timeout=30)
     location = httpx.URL(f"http://{registry_plain.host}").join(upload.headers["Location"])
     httpx.put(location.copy_merge_params({"digest": _sha(blob)}), content=blob, timeout=30).raise_for_status()
     manifest = _manifest(registry_plain, repository)
-    manifest["layers"] = [*manifest["layers"][:1], {"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
-                                                     "digest": _sha(blob), "size": len(blob)}]  # fmt: skip
+    media_type = "application/vnd.oci.image.layer.v1.tar" + ("+gzip" if compressed else "")
+    manifest["layers"] = [*manifest["layers"][:1], {"mediaType": media_type, "digest": _sha(blob), "size": len(blob)}]
     _put_manifest(registry_plain, repository, "gz", manifest)
     other = bytearray(blob)
-    other[len(other) // 2] ^= 0xFF
+    other[len(other) // 2 if compressed else 3000] ^= 0xFF  # plain: a byte of weights.bin's data, not a header
     oci_proxy.add(status(200, body=bytes(other), content_type="application/octet-stream"), method="GET",
                   path=rf"^/v2/{repository}/blobs/{_sha(blob)}$", times=20)  # fmt: skip
     env, artifact_id = _job(registry_standin, oci_proxy, seaweedfs_s3, f"{repository}:gz")
