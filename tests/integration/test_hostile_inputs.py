@@ -1,0 +1,103 @@
+"""Hostile archives through the real process (``python -m job``, uri -> s3, update_artifact), as a user runs it:
+a name that would forge a log line, and a 22 KB tar.gz of links that lists millions of files. Each ends in one
+line, exit 1, nothing recorded LIVE; the link bomb's peak RSS is measured on the process itself."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import subprocess
+import sys
+import tarfile
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tests.integration.jobs import (
+    FAST,
+    REPO,
+    Run,
+    get_artifact,
+    job_env,
+    registry_env,
+    run_job,
+    s3_env,
+    update_artifact_env,
+)
+from tests.servers.http import HttpTestServer
+from tests.servers.s3 import S3Server, fresh_bucket
+from tests.standin.model_registry import ModelRegistryStandin
+
+pytestmark = pytest.mark.integration
+
+FORGED = "2026-01-01T00:00:00Z ERROR job: forged line"
+# Runs the job as its only child and writes the child's peak RSS (KiB, from getrusage) to argv[1].
+_MEASURE = """
+import resource, subprocess, sys
+code = subprocess.run(sys.argv[2:]).returncode
+open(sys.argv[1], "w").write(str(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss))
+sys.exit(code)
+"""
+
+
+def tar_gz(build: callable) -> bytes:  # type: ignore[valid-type]
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        build(tar)
+    return gzip.compress(raw.getvalue())
+
+
+def add_file(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    tar.addfile(info, io.BytesIO(data))
+
+
+def env_for(url: str, registry: ModelRegistryStandin, s3: S3Server) -> dict[str, str]:
+    return {**FAST, **registry_env(registry.url), **update_artifact_env(registry.api_url),
+            "MODEL_SYNC_SOURCE_TYPE": "uri", "MODEL_SYNC_SOURCE_URI": url,
+            **s3_env("DESTINATION", s3, fresh_bucket(s3, "hostile"), "m")}  # fmt: skip
+
+
+def test_an_entry_named_like_a_log_line_is_refused_and_forges_nothing(
+    registry_standin: ModelRegistryStandin, http_server: HttpTestServer, seaweedfs_s3: S3Server, tmp_path: Path
+) -> None:
+    data = tar_gz(lambda tar: (add_file(tar, "ok.txt", b"ok"), add_file(tar, f"x\n{FORGED}", b"evil")))
+    url = http_server.url(http_server.write(f"hostile/{uuid.uuid4().hex[:6]}.tar.gz", data))
+    env = env_for(url, registry_standin, seaweedfs_s3)
+    run = run_job(env, tmp_path)
+    run.assert_one_line_failure(code=1)
+    assert "control character" in run.message and "\\n2026-01-01" in run.message  # shown escaped
+    assert not any(line.startswith(FORGED) for line in (run.stderr + run.stdout).splitlines())
+    assert get_artifact(registry_standin.api_url, env["MODEL_SYNC_MODEL_ARTIFACT_ID"])["state"] != "LIVE"
+
+
+def test_a_link_bomb_is_refused_at_the_file_bound_with_bounded_memory(
+    registry_standin: ModelRegistryStandin, http_server: HttpTestServer, seaweedfs_s3: S3Server, tmp_path: Path
+) -> None:
+    """2,000 files and 1,500 links to their own folder: 3,002,000 files listed, 1.4 GB, before the bound."""
+
+    def bomb(tar: tarfile.TarFile) -> None:
+        for i in range(2000):
+            add_file(tar, f"d/f{i}", b"")
+        for i in range(1500):
+            link = tarfile.TarInfo(f"d/l{i}")
+            link.type, link.linkname = tarfile.SYMTYPE, "."
+            tar.addfile(link)
+
+    data = tar_gz(bomb)
+    assert len(data) < 64 * 1024
+    url = http_server.url(http_server.write(f"hostile/{uuid.uuid4().hex[:6]}.tar.gz", data))
+    env = env_for(url, registry_standin, seaweedfs_s3)
+    termination, rss_file = tmp_path / "termination", tmp_path / "rss"
+    proc = subprocess.run(
+        [sys.executable, "-c", _MEASURE, str(rss_file), sys.executable, "-m", "job"],
+        env=job_env(env, termination), cwd=REPO, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    run = Run(proc.returncode, proc.stdout, proc.stderr, termination.read_text() if termination.exists() else "")
+    run.assert_one_line_failure(code=1)
+    assert "more than 100000 files" in run.message
+    peak_mib = int(rss_file.read_text()) / 1024
+    assert peak_mib < 300, f"peak RSS {peak_mib:.0f} MiB"
+    print(f"link bomb: peak RSS {peak_mib:.0f} MiB")
