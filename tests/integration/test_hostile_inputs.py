@@ -25,6 +25,7 @@ from tests.integration.jobs import (
     s3_env,
     update_artifact_env,
 )
+from tests.servers.faultproxy import FaultProxy, status
 from tests.servers.http import HttpTestServer
 from tests.servers.s3 import S3Server, fresh_bucket
 from tests.standin.model_registry import ModelRegistryStandin
@@ -101,3 +102,52 @@ def test_a_link_bomb_is_refused_at_the_file_bound_with_bounded_memory(
     peak_mib = int(rss_file.read_text()) / 1024
     assert peak_mib < 300, f"peak RSS {peak_mib:.0f} MiB"
     print(f"link bomb: peak RSS {peak_mib:.0f} MiB")
+
+
+def test_a_termination_message_over_4096_bytes_is_cut_on_a_character_boundary(tmp_path: Path) -> None:
+    """A config error naming a long path of multibyte characters: the message is cut where Kubernetes cuts it,
+    but never inside a character."""
+    head = "unknown metadata key 'ModelArtifact.not_a_field' in "
+    deep = tmp_path
+    for _ in range(16):
+        deep = deep / ("é" * 120)  # 240 bytes a component, within Linux's limits
+    for extra in range(1, 120):  # a last component that puts byte 4096 of the message inside an "é"
+        candidate = deep / ("é" * extra)
+        message = (head + str(candidate)).encode()
+        fits = len(str(candidate / "ModelArtifact.not_a_field").encode()) < 4095  # Linux's PATH_MAX
+        if fits and len(message) > 4096 and message[4096 - 1] == 0xC3:
+            deep = candidate
+            break
+    else:
+        raise AssertionError("no path length puts the cut inside a character")
+    deep.mkdir(parents=True)
+    (deep / "ModelArtifact.not_a_field").write_text("x")
+    env = {**registry_env("http://127.0.0.1:9"), "MODEL_SYNC_MODEL_UPLOAD_INTENT": "create_model",
+           "MODEL_SYNC_METADATA_CONFIGMAP_PATH": str(deep), "MODEL_SYNC_SOURCE_TYPE": "pvc",
+           "MODEL_SYNC_SOURCE_PATH": str(tmp_path), "MODEL_SYNC_DESTINATION_OCI_URI": "127.0.0.1:9/m:1",
+           "MODEL_SYNC_DESTINATION_OCI_ENABLE_TLS_VERIFY": "false"}  # fmt: skip
+    termination = tmp_path / "termination"
+    proc = subprocess.run([sys.executable, "-m", "job"], env=job_env(env, termination), cwd=REPO,
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    data = termination.read_bytes()
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert len(data) == 4095  # the "é" that straddled byte 4096 is left out whole
+    assert data.decode("utf-8").startswith(head)  # strict: no half character
+
+
+def test_a_model_registry_answer_over_16_mib_is_refused(
+    registry_standin: ModelRegistryStandin, registry_proxy: FaultProxy, seaweedfs_s3: S3Server, tmp_path: Path
+) -> None:
+    """One huge answer took 1.4-1.9 GB; now it is read as a stream and refused past 16 MiB."""
+    registry_proxy.clear()
+    env = {**env_for("http://127.0.0.1:9/m.bin", registry_standin, seaweedfs_s3),
+           "MODEL_SYNC_REGISTRY_SERVER_ADDRESS": registry_proxy.url, "MODEL_SYNC_RETRY_ATTEMPTS": "1"}  # fmt: skip
+    artifact = env["MODEL_SYNC_MODEL_ARTIFACT_ID"]
+    registry_proxy.add(status(200, body=b'{"pad": "' + b"x" * (20 * 1024 * 1024) + b'"}', content_type="application/json"),
+                       method="GET", path=rf"/model_artifacts/{artifact}$", times=5)  # fmt: skip
+    try:
+        run = run_job(env, tmp_path)
+    finally:
+        registry_proxy.clear()
+    run.assert_one_line_failure(code=1)
+    assert "answer is over 16 MiB" in run.message
