@@ -5,10 +5,12 @@ line, exit 1, nothing recorded LIVE; the link bomb's peak RSS is measured on the
 from __future__ import annotations
 
 import gzip
+import http.server
 import io
 import subprocess
 import sys
 import tarfile
+import threading
 import uuid
 from pathlib import Path
 
@@ -151,3 +153,43 @@ def test_a_model_registry_answer_over_16_mib_is_refused(
         registry_proxy.clear()
     run.assert_one_line_failure(code=1)
     assert "answer is over 16 MiB" in run.message
+
+
+class _EndlessListing(http.server.BaseHTTPRequestHandler):
+    """An S3 endpoint whose ListObjectsV2 always says there is more, with a new continuation token each time."""
+
+    def do_GET(self) -> None:
+        n = uuid.uuid4().hex
+        body = (
+            '<?xml version="1.0" encoding="UTF-8"?><ListBucketResult><Name>b</Name><Prefix>m/</Prefix>'
+            f"<KeyCount>1</KeyCount><IsTruncated>true</IsTruncated><NextContinuationToken>{n}</NextContinuationToken>"
+            f"<Contents><Key>m/f-{n}</Key><Size>1</Size><ETag>&quot;{n}&quot;</ETag></Contents></ListBucketResult>"
+        ).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/xml")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+def test_an_s3_listing_that_never_ends_stops_at_the_page_bound(
+    registry_standin: ModelRegistryStandin, seaweedfs_s3: S3Server, tmp_path: Path
+) -> None:
+    """It was listed forever (312 MB and rising); now 1,000 pages at most, one line, exit 1."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _EndlessListing)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        endpoint = f"http://127.0.0.1:{server.server_address[1]}"
+        env = {**env_for("http://127.0.0.1:9/unused", registry_standin, seaweedfs_s3),
+               **{k.replace("DESTINATION", "SOURCE"): v for k, v in s3_env("DESTINATION", seaweedfs_s3, "b", "m/").items()},
+               "MODEL_SYNC_SOURCE_AWS_ENDPOINT": endpoint}  # fmt: skip
+        run = run_job(env, tmp_path, timeout=300)
+    finally:
+        server.shutdown()
+        thread.join(timeout=10)
+    run.assert_one_line_failure(code=1)
+    assert "more than 1000 pages of objects" in run.message
