@@ -41,13 +41,20 @@ def _uri_source(location: UriLocation, config: JobConfig) -> Source:
     from job.http.settings import HttpSettings
     from job.sources.uri import UriSource
 
-    return UriSource(location, storage_path=config.storage_path, settings=HttpSettings.from_retry(config.retry))
+    return UriSource(
+        location,
+        storage_path=config.storage_path,
+        settings=HttpSettings.from_retry(config.retry),
+        max_files=config.max_files,
+    )
 
 
 def _oci_source(location: OciLocation, config: JobConfig) -> Source:
     from job.sources.oci import OciSource
 
-    return OciSource(location, max_connections=2 * config.parallel_files + 4, retry=config.retry)
+    return OciSource(
+        location, max_connections=2 * config.parallel_files + 4, retry=config.retry, max_files=config.max_files
+    )
 
 
 def _s3_destination(location: S3Location, config: JobConfig) -> Destination:

@@ -33,7 +33,8 @@ __all__ = ["MAX_FILES", "MAX_HOPS", "Member", "ModelTree", "TreeFile"]
 
 MAX_HOPS = 40
 MAX_FILES = 100_000
-"""Files a tree may list (links expanded included); far above any real model."""
+"""Files a tree may list (links expanded included) unless told otherwise (``MODEL_SYNC_MAX_FILES``): far above any
+real model."""
 _ALLOWED = ("file", "dir", "symlink", "hardlink")
 T = TypeVar("T")
 
@@ -219,7 +220,9 @@ class ModelTree(Generic[T]):
             assert node.payload is not None
             found[self._relative(path)] = TreeFile(self._relative(path), node.payload, alias)
             if len(found) > self.max_files:
-                raise SourceError(f"{self.what}: it lists more than {self.max_files} files (links expanded included)")
+                raise SourceError(
+                    f"{self.what}: it lists more than {self.max_files} files, links expanded included (MODEL_SYNC_MAX_FILES)"
+                )
 
         for path, node in sorted(self._nodes.items()):
             if node.kind == "file":

@@ -43,7 +43,7 @@ from job.errors import SourceError
 from job.formats.gzip import GZIP_MAGIC, inflate
 from job.formats.shared_pass import SharedPass
 from job.formats.tar import RangedInput, StreamInput, TarEntry, scan_tar
-from job.formats.tree import ModelTree
+from job.formats.tree import MAX_FILES, ModelTree
 from job.formats.zip import RandomAccess, ZipEntry, open_zip_member, read_zip_entries
 from job.http.client import HttpClient
 from job.http.download import Download
@@ -279,9 +279,17 @@ class ArchiveSource:
     """A member is read from a shared pass or inflated from its start: an offset is not cheap."""
 
     def __init__(
-        self, client: HttpClient, url: str, kind: ArchiveKind, *, storage_path: Path, first: Download | None = None
+        self,
+        client: HttpClient,
+        url: str,
+        kind: ArchiveKind,
+        *,
+        storage_path: Path,
+        first: Download | None = None,
+        max_files: int = MAX_FILES,
     ) -> None:
         self.kind = kind
+        self.max_files = max_files
         self.mode = ""
         """How it is read: ``ranged``, ``streamed`` or ``spooled`` (set by ``list()``)."""
         self._client = client
@@ -332,7 +340,7 @@ class ArchiveSource:
         pass meets them in order, the links' on a second round.
         """
         self._reader = reader = await self._open_reader()
-        tree: ModelTree[Entry] = ModelTree(what=f"unpacking {self._where}")
+        tree: ModelTree[Entry] = ModelTree(what=f"unpacking {self._where}", max_files=self.max_files)
         async with aclosing(reader.entries()) as entries:
             async for e in entries:
                 tree.add(e, e)

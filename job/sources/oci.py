@@ -45,7 +45,7 @@ from job.errors import IntegrityError, SourceError, SourceNotFound
 from job.formats.gzip import GZIP_MAGIC, inflate
 from job.formats.shared_pass import SharedPass
 from job.formats.tar import RangedInput, StreamInput, TarEntry, scan_tar
-from job.formats.tree import ModelTree
+from job.formats.tree import MAX_FILES, ModelTree
 from job.model import ObjectInfo, safe_relative_path
 from job.oci.client import OciClient
 from job.oci.protocol import ANNOTATION_TITLE, DOCKER_CONFIG, INDEX_TYPES, OCI_CONFIG, OCI_LAYER_TAR_GZIP, image_entries
@@ -110,8 +110,16 @@ class OciSource:
     """``open(obj, offset=n)`` is a ranged GET (a tar layer: its pass restarted and skipped to ``n``), and a
     blob is addressed by its digest, so a resumed read is the same bytes: the engine resumes broken reads."""
 
-    def __init__(self, location: OciLocation, *, max_connections: int = 16, retry: RetrySettings | None = None) -> None:
+    def __init__(
+        self,
+        location: OciLocation,
+        *,
+        max_connections: int = 16,
+        retry: RetrySettings | None = None,
+        max_files: int = MAX_FILES,
+    ) -> None:
         self.location = location
+        self.max_files = max_files
         self.ref = parse_reference(location.reference)
         self.platform = location.platform or default_platform()
         self.uri = f"oci://{self.ref}"
@@ -216,7 +224,9 @@ class OciSource:
             # only with the tar+gzip media type (its pull extracts every layer of that type).
             unpack = str(annotations.get(ANNOTATION_UNPACK, "")).lower() == "true"
             if unpack or descriptor.get("mediaType") == OCI_LAYER_TAR_GZIP:
-                tree: ModelTree[FileLocation] = ModelTree(path.as_posix(), what=f"reading {self.uri}")
+                tree: ModelTree[FileLocation] = ModelTree(
+                    path.as_posix(), what=f"reading {self.uri}", max_files=self.max_files
+                )
                 compression = layer_compression(str(descriptor.get("mediaType"))) or "gzip"
                 index = self._add_layer(descriptor, compression)
                 tree.apply((m, FileLocation(index, m.offset, m.size)) for m in await self._scan(index))
@@ -254,7 +264,7 @@ class OciSource:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
         tree: ModelTree[FileLocation] = ModelTree(
-            "models", what=f"reading {self.uri}", whiteouts=True, absolute_links=True
+            "models", what=f"reading {self.uri}", whiteouts=True, absolute_links=True, max_files=self.max_files
         )
         for index, members in zip(indexes, scanned, strict=True):
             tree.apply((m, FileLocation(index, m.offset, m.size)) for m in members)

@@ -25,6 +25,7 @@ from pydantic import SecretStr
 
 from job.config import UriLocation
 from job.errors import SourceError
+from job.formats.tree import MAX_FILES
 from job.http.client import HttpClient
 from job.http.download import Download
 from job.http.settings import HttpSettings
@@ -99,9 +100,11 @@ class UriSource:
         storage_path: Path,
         settings: HttpSettings | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
+        max_files: int = MAX_FILES,
     ) -> None:
         self.location = location
         self._storage_path = storage_path
+        self._max_files = max_files
         self._hf = urlsplit(location.uri).scheme == "hf"
         scoped: dict[str, dict[str, SecretStr]] = {location.hf_endpoint: {}}
         if location.hf_token is not None:
@@ -117,7 +120,7 @@ class UriSource:
             return HfSource.from_uri(self._client, uri, endpoint=self.location.hf_endpoint)
         kind = archive_kind(httpx.URL(uri).path)
         if kind is not None:
-            return ArchiveSource(self._client, uri, kind, storage_path=self._storage_path)
+            return ArchiveSource(self._client, uri, kind, storage_path=self._storage_path, max_files=self._max_files)
         first = await self._client.download(uri, what=f"downloading {display_url(uri)}").start()
         assert first.response is not None
         content_type = first.response.headers.get("Content-Type")
@@ -125,7 +128,9 @@ class UriSource:
         if kind is None:
             return HttpFileSource(self._client, uri, first=first)
         log.info("%s: unpacking it as a %s archive (Content-Type %s)", display_url(uri), kind, content_type)
-        return ArchiveSource(self._client, uri, kind, storage_path=self._storage_path, first=first)
+        return ArchiveSource(
+            self._client, uri, kind, storage_path=self._storage_path, first=first, max_files=self._max_files
+        )
 
     async def list(self) -> AsyncIterator[ObjectInfo]:
         """Pick the backend (once) and yield its listing."""

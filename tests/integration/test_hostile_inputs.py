@@ -193,3 +193,13 @@ def test_an_s3_listing_that_never_ends_stops_at_the_page_bound(
         thread.join(timeout=10)
     run.assert_one_line_failure(code=1)
     assert "more than 1000 pages of objects" in run.message
+
+
+def test_max_files_bounds_an_archive_too(
+    registry_standin: ModelRegistryStandin, http_server: HttpTestServer, seaweedfs_s3: S3Server, tmp_path: Path
+) -> None:
+    data = tar_gz(lambda tar: [add_file(tar, f"f{i}", b"x") for i in range(10)])
+    url = http_server.url(http_server.write(f"hostile/{uuid.uuid4().hex[:6]}.tar.gz", data))
+    run = run_job({**env_for(url, registry_standin, seaweedfs_s3), "MODEL_SYNC_MAX_FILES": "5"}, tmp_path)
+    run.assert_one_line_failure(code=1)
+    assert "more than 5 files" in run.message and "MODEL_SYNC_MAX_FILES" in run.message
