@@ -297,13 +297,9 @@ class OciSource:
                         f"{what}: its tar ends at byte {ranged.position} of {layer.size}: the registry sent other bytes"
                     )
                 return members
-        async with (
-            self.client.open_blob(repo, layer.digest, what=what) as body,
-            aclosing(verified_blob(body, layer.digest, layer.size, what)) as checked,
-            aclosing(inflate(checked, what)) as plain,
-        ):
+        async with self._layer_stream(layer) as plain:
             members = [m async for m in scan_tar(StreamInput(plain, what), what)]
-            async for _ in checked:  # the rest (end blocks, gzip trailer): the digest covers every byte
+            async for _ in plain:  # the rest (end blocks, gzip trailer): the digest covers every byte
                 pass
             return members
 
