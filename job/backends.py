@@ -73,7 +73,11 @@ def _oci_destination(location: OciLocation, config: JobConfig) -> Destination:
     from job.destinations.oci import OciDestination
 
     return OciDestination(
-        location, storage_path=config.storage_path, max_connections=2 * config.parallel_files + 4, retry=config.retry
+        location,
+        storage_path=config.storage_path,
+        max_connections=2 * config.parallel_files + 4,
+        retry=config.retry,
+        max_layers=location.max_layers,
     )
 
 

@@ -63,6 +63,8 @@ class OciLocation:
     ca_bundle: Path | None = None
     chunk_size: int = 0
     """0: one streamed PATCH per blob; otherwise the bytes of each chunked PATCH."""
+    max_layers: int = 64
+    """Layers of the pushed image, base included (``job.oci.layout``)."""
     platform: str | None = None
     docker_config: DockerConfig | None = None
     """All logins of the mounted docker config, for a base image on another registry."""
@@ -216,6 +218,7 @@ def _oci_location(settings: Settings, side: str) -> OciLocation:
         base_image=settings.destination_oci_base_image if side == "destination" else None,
         ca_bundle=_existing(settings, f"{side}_oci_ca_bundle"),
         chunk_size=settings.destination_oci_chunk_size_mib * 1024 * 1024 if side == "destination" else 0,
+        max_layers=settings.destination_oci_max_layers,
         platform=settings.oci_platform,
         docker_config=docker_config,
         cert_dir=settings.oci_cert_dir,

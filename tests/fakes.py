@@ -23,6 +23,7 @@ from collections.abc import AsyncIterator, Callable, Collection, Iterable, Mappi
 from contextlib import asynccontextmanager
 from pathlib import PurePosixPath
 
+from job.destinations.base import OneFilePerPut
 from job.errors import UploadRejected
 from job.model import Committed, ObjectInfo, Uploaded
 
@@ -181,7 +182,7 @@ class MemorySource:
         self.close_calls += 1
 
 
-class MemoryDestination:
+class MemoryDestination(OneFilePerPut):
     """A Destination that keeps what it is given in ``stored`` and records how it was called.
 
     Options:

@@ -1,6 +1,10 @@
 """The destination half of the streaming contract.
 
 Call order, made by the engine:
+00. ``plan(objects)`` once, with the whole listing: how the files are grouped. A group of one file is
+   written by ``lookup``/``put`` below; a group of several (an OCI layer that holds several files) by
+   ``lookup_group``/``put_group``, which are the same steps for the group as one unit. A destination
+   that writes file by file inherits :class:`OneFilePerPut`.
 0. ``lookup(obj)`` once per file before it is read: the ``Uploaded`` an earlier try of the job
    already wrote for ``obj`` (same path, size and source identity, see ``job.model.source_identity``),
    or None. A file found is neither read nor put; its ``Uploaded.size`` must be ``obj.size``.
@@ -22,6 +26,11 @@ Call order, made by the engine:
    failed or the job was cancelled, after every ``put`` has returned or unwound:
    abort multipart uploads, drop upload sessions. It must not raise for what it cannot clean.
 4. ``close()`` once at the end, whatever happened.
+
+``put_group(objs, files)`` gets the files of its group as ``(obj, stream)`` pairs from ``files``, in
+``objs``' order; it reads each stream to its end before taking the next pair (the engine opens a file's
+source only when its pair is taken, so one source is open per group), and returns one ``Uploaded`` per
+file. A retryable failure retries the whole group, from its first file.
 """
 
 from __future__ import annotations
@@ -31,9 +40,24 @@ from typing import Protocol
 
 from job.model import Committed, ObjectInfo, Uploaded
 
+FileFeed = AsyncIterator[tuple[ObjectInfo, AsyncIterator[bytes]]]
+"""The files of a group, each with its stream, in the group's order (see ``put_group``)."""
+
 
 class Destination(Protocol):
     """Where the model goes."""
+
+    async def plan(self, objects: Sequence[ObjectInfo]) -> Sequence[Sequence[ObjectInfo]]:
+        """The listing's files in groups, each file in exactly one; groups in the order to start them."""
+        ...
+
+    async def lookup_group(self, objs: Sequence[ObjectInfo]) -> list[Uploaded] | None:
+        """What an earlier try already wrote for the whole group, one per file, or None: send it."""
+        ...
+
+    async def put_group(self, objs: Sequence[ObjectInfo], files: FileFeed) -> list[Uploaded]:
+        """Write the files of one group from their streams, taken from ``files`` in order."""
+        ...
 
     async def lookup(self, obj: ObjectInfo) -> Uploaded | None:
         """What an earlier try already wrote for ``obj`` (step 0 above), or None: send it. A destination
@@ -55,3 +79,16 @@ class Destination(Protocol):
     async def close(self) -> None:
         """Release connections."""
         ...
+
+
+class OneFilePerPut:
+    """For a destination that writes each file on its own (S3): every group holds one file."""
+
+    async def plan(self, objects: Sequence[ObjectInfo]) -> Sequence[Sequence[ObjectInfo]]:
+        return [[obj] for obj in objects]
+
+    async def lookup_group(self, objs: Sequence[ObjectInfo]) -> list[Uploaded] | None:
+        raise TypeError(f"{type(self).__name__} writes one file per put; it has no groups")
+
+    async def put_group(self, objs: Sequence[ObjectInfo], files: FileFeed) -> list[Uploaded]:
+        raise TypeError(f"{type(self).__name__} writes one file per put; it has no groups")

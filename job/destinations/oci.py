@@ -1,15 +1,19 @@
-"""Destination ``oci``: the model as a KServe modelcar image (base image + one layer per file under /models).
+"""Destination ``oci``: the model as a KServe modelcar image (base image + layers holding the files under /models).
 
 Call order and what runs when (see ``job.destinations.base`` for the engine's side):
 
-* The **first** ``put`` resolves the base image under a lock (its manifest or index, every platform
+* ``plan`` resolves the base image and groups the files into layers within the image's layer budget
+  (``MODEL_SYNC_DESTINATION_OCI_MAX_LAYERS``, base layers included; ``job.oci.layout``): a layer per
+  file while they fit, else small files packed together and, past that, neighbours sharing.
+* The base image is resolved once (by ``plan``, or the **first** ``put``), under a lock (its manifest or index, every platform
   manifest and config: a few small GETs, so a wrong base or login fails before model bytes move), then
   starts copying the base's blobs into the target repository as a background task, so the model bytes
   do not wait for it. A blob already there is skipped (HEAD); on the same registry it is mounted
   (``POST ?mount=&from=``: no bytes move); from another registry it is streamed GET -> PATCH, never via
   disk. A failed copy surfaces at the next ``put`` or at ``commit``.
-* Each ``put`` streams one uncompressed tar layer (:class:`job.oci.modelcar.ModelLayer`) in one upload
-  session: one PATCH with ``Content-Length`` (or chunked PATCHes, ``chunk_size``), the layer digest
+* Each ``put`` streams one uncompressed tar layer (:class:`job.oci.modelcar.ModelLayer`), each
+  ``put_group`` one layer of several files (:class:`job.oci.modelcar.PackedLayer`, fed file after file),
+  in one upload session: one PATCH with ``Content-Length`` (or chunked PATCHes, ``chunk_size``), the layer digest
   computed on the way. It returns the file's size, no sha256 (the layer digest covers the bytes; the
   engine fills in the file's digest when it hashed one) and the pushed layer as its ``detail``.
 * ``commit`` waits for the base copy, then per platform pushes a new config (base config + diff_ids +
@@ -20,9 +24,10 @@ Call order and what runs when (see ``job.destinations.base`` for the engine's si
 
 Retries and reruns. A ``put`` whose upload fails cancels its session (``DELETE``) before raising, so the
 engine's next try of that file starts a clean one. Each model layer is annotated with the file's identity
-at its source (``model-sync.source``: its sha256 or ETag). :meth:`OciDestination.lookup` reads the
-manifest the tag points to (once), and a file whose path, layer size and identity match a layer there
-whose blob the repository still has is not sent again: a layer's digest is known before streaming only
+at its source (``model-sync.source``: its sha256 or ETag; for a layer of several files, a sha256 over
+their paths, sizes and identities). :meth:`OciDestination.lookup` reads the
+manifest the tag points to (once), and a file (a group) whose paths, layer size and identity match a
+layer there whose blob the repository still has is not sent again: a layer's digest is known before streaming only
 that way, since it hashes the tar header and padding as well as the file. So a rerun after a try that
 pushed its manifest (then died before the registry recorded it), or an update of a model in which few
 files changed, sends only what is new. A try killed before its manifest was pushed leaves its finished
@@ -36,28 +41,31 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import uuid
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from job.config import OciLocation
-from job.errors import ConfigError, DestinationError, ModelSyncError
+from job.destinations.base import FileFeed
+from job.errors import ConfigError, IntegrityError
 from job.model import Committed, ObjectInfo, Uploaded, source_identity
-from job.oci.client import Manifest, OciClient
+from job.oci.base_image import BaseImage, model_layers, resolve_base
+from job.oci.client import OciClient
+from job.oci.layout import MAX_LAYERS_LIMIT, plan_layers
 from job.oci.modelcar import (
     LayerDescriptor,
     ModelLayer,
+    PackedLayer,
     base_annotations,
+    group_identity,
     modelcar_config,
     modelcar_index,
     modelcar_manifest,
 )
-from job.oci.protocol import INDEX_TYPES, OCI_INDEX, OCI_MANIFEST, image_entries
-from job.oci.reference import ImageReference, parse_reference
+from job.oci.protocol import OCI_INDEX, OCI_MANIFEST
+from job.oci.reference import parse_reference
 from job.oci.upload import UploadSession, sha256_digest
 from job.retry import RetrySettings
 from job.streams import aiter_file, describe, spool
@@ -65,28 +73,10 @@ from job.streams import aiter_file, describe, spool
 log = logging.getLogger(__name__)
 
 DEFAULT_BASE_IMAGE = "busybox:latest"
+DEFAULT_MAX_LAYERS = 64
+"""Layers of the whole image (base + model): see ``job.oci.layout`` and the README for why 64."""
 CANCEL_TIMEOUT = 5.0
 """Seconds the DELETE of a broken upload session may take before the put's error is raised anyway."""
-
-
-@dataclass(frozen=True, slots=True)
-class _Platform:
-    entry: dict[str, Any] | None
-    """The base index's entry for this manifest (None for a single-platform base)."""
-    manifest: Manifest
-    config: dict[str, Any]
-
-
-@dataclass(frozen=True, slots=True)
-class _Base:
-    reference: ImageReference
-    top: Manifest
-    """What the base reference points to: an image manifest, or an index."""
-    platforms: list[_Platform]
-
-    @property
-    def is_index(self) -> bool:
-        return len(self.platforms) > 1 or self.platforms[0].entry is not None
 
 
 class OciDestination:
@@ -99,7 +89,11 @@ class OciDestination:
         storage_path: Path,
         max_connections: int = 16,
         retry: RetrySettings | None = None,
+        max_layers: int = DEFAULT_MAX_LAYERS,
     ) -> None:
+        if not 1 < max_layers <= MAX_LAYERS_LIMIT:
+            raise ConfigError(f"the image's layer budget must be 2..{MAX_LAYERS_LIMIT}, got {max_layers}")
+        self.max_layers = max_layers
         self.location = location
         self.target = parse_reference(location.reference)
         if self.target.digest is not None or self.target.tag is None:
@@ -138,8 +132,8 @@ class OciDestination:
                 side="destination",
                 retry=retry,
             )
-        self._base: _Base | None = None
-        self._previous: dict[PurePosixPath, LayerDescriptor] | None = None
+        self._base: BaseImage | None = None
+        self._previous: dict[tuple[str, int], LayerDescriptor] | None = None
         self._previous_lock = asyncio.Lock()
         self._base_lock = asyncio.Lock()
         self._copy_task: asyncio.Task[None] | None = None
@@ -151,11 +145,11 @@ class OciDestination:
 
     # --- the base image -------------------------------------------------------------------------
 
-    async def _prepare(self) -> _Base:
+    async def _prepare(self) -> BaseImage:
         """Resolve the base once; start copying its blobs in the background. Re-raises a failed copy."""
         async with self._base_lock:
             if self._base is None:
-                self._base = await self._resolve_base()
+                self._base = await resolve_base(self.base_client, self.base_ref, uri=self.uri)
                 self._copy_task = asyncio.create_task(self._copy_base(self._base), name="oci-base-copy")
         if self._copy_task is not None and self._copy_task.done() and not self._copy_task.cancelled():
             error = self._copy_task.exception()
@@ -163,35 +157,7 @@ class OciDestination:
                 raise error
         return self._base
 
-    async def _resolve_base(self) -> _Base:
-        ref, client = self.base_ref, self.base_client
-        top = await client.get_manifest(ref.repository, ref.reference)
-        document = top.json()
-        if top.media_type in INDEX_TYPES or document.get("mediaType") in INDEX_TYPES:
-            entries = image_entries(document)
-            if not entries:
-                raise DestinationError(f"base image {ref}: its index lists no image manifest", uri=self.uri)
-            pairs: list[tuple[dict[str, Any] | None, Manifest]] = [
-                (e, await client.get_manifest(ref.repository, e["digest"])) for e in entries
-            ]
-        else:
-            pairs = [(None, top)]
-        platforms = []
-        for entry, manifest in pairs:
-            document = manifest.json()
-            if not isinstance(document.get("config"), dict) or not isinstance(document.get("layers"), list):
-                raise DestinationError(
-                    f"base image {ref}: manifest {manifest.digest} is not an image manifest", uri=self.uri
-                )
-            config_digest = document["config"]["digest"]
-            config = json.loads(await client.read_blob(ref.repository, config_digest))
-            if not isinstance(config, dict):
-                raise DestinationError(f"base image {ref}: config {config_digest} is not a JSON object", uri=self.uri)
-            platforms.append(_Platform(entry=entry, manifest=manifest, config=config))
-        log.info("base image %s: %s, %d platform(s)", ref, top.digest, len(platforms))
-        return _Base(reference=ref, top=top, platforms=platforms)
-
-    async def _copy_base(self, base: _Base) -> None:
+    async def _copy_base(self, base: BaseImage) -> None:
         seen: set[str] = set()
         for platform in base.platforms:
             for layer in platform.manifest.json()["layers"]:
@@ -221,33 +187,27 @@ class OciDestination:
 
     # --- what an earlier try pushed ---------------------------------------------------------------
 
-    async def _previous_layers(self) -> dict[PurePosixPath, LayerDescriptor]:
-        """The model layers of the manifest the tag points to now (an index: its first image), by path."""
+    async def _previous_layers(self) -> dict[tuple[str, int], LayerDescriptor]:
+        """The model layers of the manifest the tag points to now (an index: its first image), by their
+        source annotation and size."""
         async with self._previous_lock:
             if self._previous is None:
-                self._previous = await self._read_previous()
+                self._previous = await model_layers(self.client, self.target, uri=self.uri)
         return self._previous
 
-    async def _read_previous(self) -> dict[PurePosixPath, LayerDescriptor]:
-        repo, tag = self.target.repository, self.target.tag
-        assert tag is not None
-        try:
-            manifest = await self.client.get_manifest(repo, tag)
-            document = manifest.json()
-            if manifest.media_type in INDEX_TYPES or document.get("mediaType") in INDEX_TYPES:
-                entries = image_entries(document)
-                if not entries:
-                    return {}
-                document = (await self.client.get_manifest(repo, str(entries[0]["digest"]))).json()
-        except ModelSyncError as exc:
-            if getattr(exc, "status", None) != 404:  # 404: nothing pushed yet, the usual case
-                log.info("not reusing layers of %s: %s", self.uri, exc)
-            return {}
-        except (ValueError, KeyError, TypeError) as exc:
-            log.info("not reusing layers of %s: its manifest is not what model-sync pushes (%s)", self.uri, exc)
-            return {}
-        layers = [LayerDescriptor.from_json(d) for d in document.get("layers") or [] if isinstance(d, dict)]
-        return {layer.path: layer for layer in layers if layer is not None and layer.source}
+    async def _found(
+        self, source: str | None, layer: PackedLayer, paths: tuple[PurePosixPath, ...]
+    ) -> LayerDescriptor | None:
+        """The layer an earlier push holds for these files (same source identity, size and paths, for a
+        layer that lists them), if the repository still has its blob."""
+        if source is None:
+            return None
+        found = (await self._previous_layers()).get((source, layer.layer_size))
+        if found is None or (found.paths and found.paths != paths):
+            return None
+        if not await self.client.blob_exists(self.target.repository, found.digest):
+            return None
+        return LayerDescriptor(found.digest, found.size, paths, source)
 
     async def lookup(self, obj: ObjectInfo) -> Uploaded | None:
         """The layer an earlier push holds for ``obj`` (same path, size and source identity), or None.
@@ -255,18 +215,42 @@ class OciDestination:
         The blob must still be in the repository (HEAD). The returned ``Uploaded`` carries the layer's
         digest and size, and the file's sha256 only when the source listed it.
         """
-        identity = source_identity(obj)
-        if identity is None or obj.size is None:
+        if obj.size is None:
             return None
-        layer = (await self._previous_layers()).get(obj.path)
-        if layer is None or layer.source != identity or layer.size != ModelLayer(obj.path, obj.size).layer_size:
-            return None
-        if not await self.client.blob_exists(self.target.repository, layer.digest):
-            return None
-        sha256 = obj.digest.lower() if obj.digest else None
-        return Uploaded(obj=obj, size=obj.size, sha256=sha256, detail=layer, skipped=True)
+        found = await self._found(source_identity(obj), ModelLayer(obj.path, obj.size), (obj.path,))
+        return None if found is None else _uploaded(obj, found, skipped=True)
+
+    async def lookup_group(self, objs: Sequence[ObjectInfo]) -> list[Uploaded] | None:
+        """:meth:`lookup` for a layer of several files: found when every file is unchanged."""
+        layer = PackedLayer(_files(objs))
+        found = await self._found(_group_source(objs), layer, tuple(o.path for o in objs))
+        return None if found is None else [_uploaded(obj, found, skipped=True) for obj in objs]
 
     # --- the Destination protocol ---------------------------------------------------------------
+
+    async def plan(self, objects: Sequence[ObjectInfo]) -> list[list[ObjectInfo]]:
+        """The model's layers within the budget (``job.oci.layout``); resolves the base image first."""
+        base = await self._prepare()
+        base_layers = base.most_layers
+        unknown = [[o] for o in objects if o.size is None]  # spooled, each alone (rare: http, no length)
+        known = [o for o in objects if o.size is not None]
+        budget = self.max_layers - base_layers - len(unknown)
+        if (budget < 1 and known) or budget < 0:
+            raise ConfigError(
+                f"MODEL_SYNC_DESTINATION_OCI_MAX_LAYERS={self.max_layers}: the base image {base.reference} has "
+                f"{base_layers} layers, which leaves no layer for the model's files; raise it (at most "
+                f"{MAX_LAYERS_LIMIT}) or use a base image with fewer layers"
+            )
+        groups = [[known[i] for i in group] for group in plan_layers(_files(known), budget)] if known else []
+        if len(groups) < len(known):
+            log.info(
+                "%d files in %d layers (+%d of the base image): MODEL_SYNC_DESTINATION_OCI_MAX_LAYERS=%d",
+                len(objects),
+                len(groups) + len(unknown),
+                base_layers,
+                self.max_layers,
+            )
+        return groups + unknown
 
     async def put(self, obj: ObjectInfo, data: AsyncIterator[bytes]) -> Uploaded:
         """Stream one file as one tar layer into the target repository."""
@@ -282,19 +266,38 @@ class OciDestination:
 
     async def _put(self, obj: ObjectInfo, data: AsyncIterator[bytes], size: int) -> Uploaded:
         layer = ModelLayer(obj.path, size)
+        digest = await self._upload(layer.stream(data), layer.layer_size, f"uploading {obj.path}")
+        pushed = LayerDescriptor(digest, layer.layer_size, (obj.path,), source_identity(obj))
+        return _uploaded(obj, pushed, size=size)
+
+    async def put_group(self, objs: Sequence[ObjectInfo], files: FileFeed) -> list[Uploaded]:
+        """Stream several files as one tar layer, each file's bytes as the feed hands them over."""
+        await self._prepare()
+        layer = PackedLayer(_files(objs))
+
+        async def parts() -> AsyncIterator[AsyncIterator[bytes]]:
+            for expected in objs:
+                obj, data = await anext(files)
+                if obj.path != expected.path:
+                    raise IntegrityError(f"layer for {expected.path}: the engine handed over {obj.path} instead")
+                yield data
+
+        what = f"uploading {len(objs)} files ({objs[0].path} ...)"
+        digest = await self._upload(layer.stream_files(parts()), layer.layer_size, what)
+        pushed = LayerDescriptor(digest, layer.layer_size, tuple(o.path for o in objs), _group_source(objs))
+        return [_uploaded(obj, pushed) for obj in objs]
+
+    async def _upload(self, body: AsyncIterator[bytes], size: int, what: str) -> str:
+        """Push one layer in one upload session; its digest. A failed session is cancelled."""
         session = await self.client.start_upload(self.target.repository)
         assert session is not None
         self._sessions.add(session)
         try:
             digest = await self.client.upload(
-                session,
-                layer.stream(data),
-                layer.layer_size,
-                chunk_size=self.chunk_size,
-                what=f"uploading {obj.path} to {self.target.name}",
+                session, body, size, chunk_size=self.chunk_size, what=f"{what} to {self.target.name}"
             )
         except Exception:
-            # Cancelled here rather than in abort(): the engine may send the file again, in a new session.
+            # Cancelled here rather than in abort(): the engine may send the files again, in a new session.
             # (On cancellation the session is left to abort(), which runs once within the stop budget.)
             self._sessions.discard(session)
             with contextlib.suppress(TimeoutError):
@@ -302,8 +305,7 @@ class OciDestination:
                     await self.client.cancel_upload(session)
             raise
         self._sessions.discard(session)
-        pushed = LayerDescriptor(digest=digest, size=layer.layer_size, path=obj.path, source=source_identity(obj))
-        return Uploaded(obj=obj, size=size, detail=pushed)
+        return digest
 
     async def _spool(self, obj: ObjectInfo, data: AsyncIterator[bytes]) -> tuple[Path, int]:
         # Rare (http without Content-Length): the tar header holds the size and goes before the bytes,
@@ -326,7 +328,7 @@ class OciDestination:
         base = await self._prepare()
         if self._copy_task is not None:
             await self._copy_task
-        layers = [self._layer_of(u) for u in uploaded]
+        layers = list({id(layer): layer for layer in map(self._layer_of, uploaded)}.values())  # a layer per group
         repo, tag = self.target.repository, self.target.tag
         assert tag is not None
         annotations = base_annotations(str(base.reference), base.top.digest)
@@ -370,3 +372,21 @@ class OciDestination:
         await self.client.aclose()
         if self.base_client is not self.client:
             await self.base_client.aclose()
+
+
+def _files(objs: Sequence[ObjectInfo]) -> list[tuple[PurePosixPath, int]]:
+    """(path, size) of files whose size is known (the plan leaves the others alone in their layers)."""
+    return [(o.path, o.size) for o in objs if o.size is not None]
+
+
+def _group_source(objs: Sequence[ObjectInfo]) -> str | None:
+    return group_identity([(o.path, o.size or 0, source_identity(o)) for o in objs])
+
+
+def _uploaded(obj: ObjectInfo, layer: LayerDescriptor, *, size: int | None = None, skipped: bool = False) -> Uploaded:
+    """A file in ``layer`` (``size``: when the listing did not tell); its sha256 only when found from an
+    earlier push and listed by the source (for a file sent, the engine adds the sha256 it hashed)."""
+    sha256 = obj.digest.lower() if skipped and obj.digest else None
+    size = obj.size if size is None else size
+    assert size is not None
+    return Uploaded(obj=obj, size=size, sha256=sha256, detail=layer, skipped=skipped)

@@ -48,6 +48,7 @@ from pathlib import PurePosixPath
 from typing import Any, Literal
 
 from job.config import S3Location
+from job.destinations.base import OneFilePerPut
 from job.errors import ConfigError, DestinationAuthError, ModelSyncError
 from job.model import Committed, ObjectInfo, Uploaded, source_identity
 from job.retry import RetrySettings
@@ -88,7 +89,7 @@ class S3Object:
     etag: str
 
 
-class S3Destination:
+class S3Destination(OneFilePerPut):
     """A :class:`~job.destinations.base.Destination` writing files under a key prefix of one bucket."""
 
     def __init__(

@@ -5,7 +5,11 @@
 
 1. **List** the source fully before any byte moves, and check the listing: not empty, no path twice,
    no path that is both a file and a directory of another (``a`` and ``a/b``).
-2. **Put** the files, ``parallel_files`` at a time (a fixed pool of workers taking files in listing
+2. **Plan**: the destination groups the files (``plan``): one file per group, or for an OCI image
+   whose layer budget is short, several files per layer. A group of several files is moved as one
+   unit, like a file below: looked up, put (its files opened one after the other as ``put_group`` takes
+   them, each wrapped as below) and retried as a whole.
+3. **Put** the groups, ``parallel_files`` at a time (a fixed pool of workers taking groups in planned
    order). A destination with ``lookup(obj)`` is asked first whether an earlier try already wrote the
    file (same size and source identity): then it is not read nor sent again. Otherwise the file's
    source stream (a :class:`~job.engine.resume.SourceReader`, which resumes a broken read at its offset on a
@@ -16,7 +20,7 @@
    (``job.retry``) is tried again from the file's start, up to ``retry.file_attempts`` tries: a new
    read, a new stream (hash and count restart) and a new ``put``, which starts a new upload (the destination cleaned up
    the failed one: an S3 multipart upload is aborted, an OCI upload session cancelled).
-3. **Commit** the ``Uploaded`` results, in listing order, once every put succeeded.
+4. **Commit** the ``Uploaded`` results, in listing order, once every put succeeded.
 
 On the first failure the sibling puts are cancelled and the *first* error is raised as it is (never an
 ``ExceptionGroup``: the user sees one line). ``destination.abort()`` then runs exactly once, also when
@@ -33,18 +37,19 @@ import asyncio
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 
 from job.cleanup import run_to_end
 from job.destinations.base import Destination
 from job.engine.progress import ProgressReporter
-from job.engine.resume import SourceReader, open_source
-from job.errors import ConfigError, IntegrityError, ModelSyncError, SourceError
+from job.engine.put import put_group
+from job.engine.resume import open_source
+from job.errors import ConfigError, ModelSyncError, SourceError
 from job.model import Committed, ObjectInfo, Uploaded, safe_relative_path
-from job.retry import RetrySettings, log_before_sleep
+from job.retry import RetrySettings
 from job.sources.base import Source
-from job.streams import CheckedStream, describe
+from job.streams import describe
 
 __all__ = [
     "TransferResult",
@@ -127,74 +132,6 @@ def check_listing(objects: Sequence[ObjectInfo]) -> None:
         files.add(path)
 
 
-async def _put_one(
-    source: Source, destination: Destination, obj: ObjectInfo, progress: ProgressReporter, retry: RetrySettings
-) -> Uploaded:
-    """One file: skipped when the destination already has it, else put, and put again while retryable."""
-    path = str(obj.path)
-    found = await destination.lookup(obj)
-    if found is not None:
-        if obj.size is not None and found.size != obj.size:
-            raise IntegrityError(
-                f"writing {path}: the destination holds {found.size} bytes, the source lists {obj.size}"
-            )
-        progress.file_skipped(obj.path, found.size)
-        return found
-    before_sleep = log_before_sleep(log, f"sending {path}", retry.file_attempts, _cause)
-    async for attempt in retry.policy(attempts=retry.file_attempts, before_sleep=before_sleep):
-        with attempt:
-            return await _put_attempt(source, destination, obj, progress, retry)
-    raise AssertionError("unreachable: the retry policy re-raises")  # pragma: no cover
-
-
-def _cause(exc: BaseException | None) -> str:
-    return str(exc) if isinstance(exc, ModelSyncError) else describe(exc or Exception())
-
-
-async def _put_attempt(
-    source: Source, destination: Destination, obj: ObjectInfo, progress: ProgressReporter, retry: RetrySettings
-) -> Uploaded:
-    path = str(obj.path)
-    log.debug("putting %s (%s bytes)", path, obj.size)
-    reader = SourceReader(source, obj, retry)
-    stream: CheckedStream | None = None
-    read_to_end = False
-    try:
-        await reader.start()
-        stream = CheckedStream(obj, reader, on_chunk=progress.advance)
-        try:
-            uploaded = await destination.put(obj, stream)
-        except Exception:
-            # The stream's own error (source failure, short read) is the cause, whatever a destination
-            # or its HTTP client made of it on the way out.
-            if stream.error is not None:
-                raise stream.error  # noqa: B904 - keeps the stream error's own __cause__
-            raise
-        await stream.finish()
-        read_to_end = True
-    except Exception:
-        if stream is not None:
-            progress.rewind(stream.size)  # this try's bytes; another try counts them again
-        raise
-    finally:
-        if read_to_end:
-            await reader.aclose()  # an error closing a fully read source is still an error
-        else:
-            await reader.aclose_quietly()  # also on cancellation: nothing stays open
-    if uploaded.size != stream.size:
-        raise IntegrityError(f"writing {path}: the destination reports {uploaded.size} bytes, {stream.size} were sent")
-    if stream.sha256 is None:
-        pass  # nothing hashed the whole file: the destination's own checks covered the bytes
-    elif uploaded.sha256 is None:
-        uploaded = replace(uploaded, sha256=stream.sha256)
-    elif uploaded.sha256.lower() != stream.sha256:
-        raise IntegrityError(
-            f"writing {path}: the destination reports {uploaded.sha256}, the bytes sent hash to {stream.sha256}"
-        )
-    progress.file_done(obj.path, stream.size)
-    return uploaded
-
-
 async def _put_all(
     source: Source,
     destination: Destination,
@@ -202,14 +139,18 @@ async def _put_all(
     settings: TransferSettings,
     progress: ProgressReporter,
 ) -> list[Uploaded]:
+    groups = await _plan(destination, objects)
+    position = {obj.path: i for i, obj in enumerate(objects)}
     results: list[Uploaded | None] = [None] * len(objects)
-    todo = iter(enumerate(objects))  # shared by the workers: files start in listing order
+    todo = iter(groups)  # shared by the workers: groups start in the planned order
     first_error: list[BaseException] = []
 
     async def worker() -> None:
-        for index, obj in todo:
+        for group in todo:
             try:
-                results[index] = await _put_one(source, destination, obj, progress, settings.retry)
+                done = await put_group(source, destination, group, progress, settings.retry)
+                for obj, one in zip(group, done, strict=True):
+                    results[position[obj.path]] = one
             except Exception as exc:
                 if not first_error:
                     first_error.append(exc)
@@ -220,7 +161,7 @@ async def _put_all(
     # parent's cancel count raised after a child fails, and it wraps errors in a group.
     workers = [
         asyncio.create_task(worker(), name=f"transfer-worker-{n}")
-        for n in range(min(settings.parallel_files, len(objects)))
+        for n in range(min(settings.parallel_files, len(groups)))
     ]
     try:
         await asyncio.wait(workers, return_when=asyncio.FIRST_EXCEPTION)
@@ -238,6 +179,15 @@ async def _put_all(
     if any(u is None for u in results):  # a worker was cancelled by someone else (loop shutdown)
         raise asyncio.CancelledError
     return [u for u in results if u is not None]
+
+
+async def _plan(destination: Destination, objects: Sequence[ObjectInfo]) -> list[Sequence[ObjectInfo]]:
+    """The destination's groups, checked to hold every listed file exactly once."""
+    groups = [group for group in await destination.plan(objects) if group]
+    planned = sorted(str(obj.path) for group in groups for obj in group)
+    if planned != sorted(str(obj.path) for obj in objects):
+        raise AssertionError(f"{type(destination).__name__}.plan did not group each listed file exactly once")
+    return groups
 
 
 async def _cancel_and_wait(tasks: Sequence[asyncio.Task[None]]) -> bool:

@@ -125,6 +125,13 @@ class Settings(BaseSettings):
         le=1024,
         description="destination-type oci: 0 sends each blob in one streamed PATCH; N sends N MiB chunked PATCHes.",
     )
+    destination_oci_max_layers: int = Field(
+        64,
+        ge=2,
+        le=127,
+        description="destination-type oci: most layers of the image, base included; past it, files share "
+        "layers (127 is what podman and CRI-O mount; image volumes fail near 70).",
+    )
     oci_platform: str | None = Field(
         None, description="Platform to pick from a multi-arch image when reading one (default: linux/<this machine>)."
     )

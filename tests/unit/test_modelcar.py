@@ -106,8 +106,8 @@ BASE_CONFIG = {
     "history": [{"created_by": "busybox"}],
 }
 LAYERS = [
-    LayerDescriptor("sha256:" + "1" * 64, 2048, PurePosixPath("config.json")),
-    LayerDescriptor("sha256:" + "2" * 64, 4096, PurePosixPath("sub/w.bin")),
+    LayerDescriptor("sha256:" + "1" * 64, 2048, (PurePosixPath("config.json"),)),
+    LayerDescriptor("sha256:" + "2" * 64, 4096, (PurePosixPath("sub/w.bin"),)),
 ]
 
 
@@ -148,7 +148,7 @@ def test_docker_schema2_base_becomes_an_oci_manifest_with_the_same_blobs() -> No
             "mediaType": "application/vnd.oci.image.layer.v1.tar",
             "digest": d.digest,
             "size": d.size,
-            "annotations": {"org.opencontainers.image.title": str(d.path)},
+            "annotations": {"org.opencontainers.image.title": d.title},
         }
         for d in LAYERS
     ]
