@@ -1,21 +1,22 @@
-"""Destination ``oci``: the model as a KServe modelcar image (base image + layers holding the files under /models).
+"""Destination ``oci``: the model as a KServe modelcar image (base image + layers of files under /models).
 
 Call order and what runs when (see ``job.destinations.base`` for the engine's side):
 
 * ``plan`` resolves the base image and groups the files into layers within the image's layer budget
   (``MODEL_SYNC_DESTINATION_OCI_MAX_LAYERS``, base layers included; ``job.oci.layout``): a layer per
   file while they fit, else small files packed together and, past that, neighbours sharing.
-* The base image is resolved once (by ``plan``, or the **first** ``put``), under a lock (its manifest or index, every platform
-  manifest and config: a few small GETs, so a wrong base or login fails before model bytes move), then
-  starts copying the base's blobs into the target repository as a background task, so the model bytes
-  do not wait for it. A blob already there is skipped (HEAD); on the same registry it is mounted
-  (``POST ?mount=&from=``: no bytes move); from another registry it is streamed GET -> PATCH, never via
-  disk. A failed copy surfaces at the next ``put`` or at ``commit``.
+* The base image is resolved once (by ``plan``, or the **first** ``put``), under a lock (its manifest
+  or index, every platform manifest and config: a few small GETs, so a wrong base or login fails before
+  model bytes move), then its blobs are copied into the target repository by a background task, so the
+  model bytes do not wait for it. A blob already there is skipped (HEAD); on the same registry it is
+  mounted (``POST ?mount=&from=``: no bytes move); from another registry it is streamed GET -> PATCH,
+  never via disk. A failed copy surfaces at the next ``put`` or at ``commit``.
 * Each ``put`` streams one uncompressed tar layer (:class:`job.oci.modelcar.ModelLayer`), each
-  ``put_group`` one layer of several files (:class:`job.oci.modelcar.PackedLayer`, fed file after file),
-  in one upload session: one PATCH with ``Content-Length`` (or chunked PATCHes, ``chunk_size``), the layer digest
-  computed on the way. It returns the file's size, no sha256 (the layer digest covers the bytes; the
-  engine fills in the file's digest when it hashed one) and the pushed layer as its ``detail``.
+  ``put_group`` one layer of several files (:class:`job.oci.modelcar.PackedLayer`, fed file after
+  file), in one upload session: one PATCH with ``Content-Length`` (or chunked PATCHes, ``chunk_size``),
+  the layer digest computed on the way. It returns each file's size, no sha256 (the layer digest covers
+  the bytes; the engine fills in the file's digest when it hashed one) and the pushed layer as its
+  ``detail``.
 * ``commit`` waits for the base copy, then per platform pushes a new config (base config + diff_ids +
   history) and an OCI manifest; a single-platform base's manifest goes under the tag, a multi-arch
   base's manifests go by digest and a new index under the tag. Same model, same base -> same digests,
@@ -23,11 +24,11 @@ Call order and what runs when (see ``job.destinations.base`` for the engine's si
 * ``abort`` cancels the base copy and DELETEs open upload sessions, best effort.
 
 Retries and reruns. A ``put`` whose upload fails cancels its session (``DELETE``) before raising, so the
-engine's next try of that file starts a clean one. Each model layer is annotated with the file's identity
-at its source (``model-sync.source``: its sha256 or ETag; for a layer of several files, a sha256 over
-their paths, sizes and identities). :meth:`OciDestination.lookup` reads the
-manifest the tag points to (once), and a file (a group) whose paths, layer size and identity match a
-layer there whose blob the repository still has is not sent again: a layer's digest is known before streaming only
+engine's next try of that file starts a clean one. Each model layer is annotated with the identity of
+its file at the source (``model-sync.source``: its sha256 or ETag; for a layer of several files, a
+sha256 over their paths, sizes and identities). :meth:`OciDestination.lookup` reads the manifest the
+tag points to (once), and a file (a group) whose paths, layer size and identity match a layer there
+whose blob the repository still has is not sent again: a layer's digest is known before streaming only
 that way, since it hashes the tar header and padding as well as the file. So a rerun after a try that
 pushed its manifest (then died before the registry recorded it), or an update of a model in which few
 files changed, sends only what is new. A try killed before its manifest was pushed leaves its finished

@@ -6,11 +6,13 @@ syncs a model, then each consumer gets the result.
   serves only the ``v1alpha3`` API, 0.3.18 from one that serves only ``v1`` (the job finds which by itself);
 * KServe's storage initializer (``kserve-storage``) downloads the recorded ``s3://`` uri, with a sibling
   prefix present, and the recorded ``oci://`` uri, and gets exactly the model;
-* podman + runc start the pushed modelcar as KServe's pod does, and uid 1010 reads every file byte for byte.
+* podman + runc start the pushed modelcar as KServe's pod does, and uid 1010 reads every file byte for byte;
+  also a 200-file model, which fits the layer budget.
 """
 
 from __future__ import annotations
 
+import random
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,6 +31,8 @@ from tests.servers.s3 import S3Server, fresh_bucket
 from tests.standin.model_registry import ModelRegistryStandin
 
 pytestmark = pytest.mark.integration
+
+MiB = 1024 * 1024
 
 MODEL = {
     "config.json": b'{"architectures": ["Tiny"]}',
@@ -114,3 +118,30 @@ def test_oci_destination_read_by_the_ui_backend_kubeflow_0_3_18_podman_and_kserv
     assert started.layers == 1 + len(MODEL)
     kserve_download(run.result()["uri"], tmp_path / "served", OCI_INSECURE_ENV)
     assert read_dir(tmp_path / "served") == MODEL
+
+
+def many_files_model() -> dict[str, bytes]:
+    """200 files: 12 shards of a few MiB, 186 small files in nested folders, an empty file, a space in a name."""
+    rng = random.Random(200)
+    model = {f"weights/model-{i + 1:05d}-of-00012.safetensors": rng.randbytes(2 * MiB + i * 4099) for i in range(12)}
+    model |= {
+        f"extra/{i % 5}/part {i % 3}/file-{i:03d}.json": rng.randbytes(rng.randrange(1, 20_000)) for i in range(186)
+    }
+    model |= {"empty.txt": b"", "config file.json": b'{"architectures": ["Many"]}'}
+    return model
+
+
+def test_a_200_file_model_fits_the_layer_budget_and_starts_under_podman(
+    v1_registry: ModelRegistryStandin, registry_plain: Registry, tmp_path: Path
+) -> None:
+    """One layer per file would make 201 layers: podman pulls that image but cannot start it ("max depth
+    exceeded"). With the default budget the shards keep their layers and the small files share two."""
+    model = many_files_model()
+    name = f"many-{uuid.uuid4().hex[:6]}"
+    reference = f"{registry_plain.host}/consumers/{name}:1.0.0"
+    env = {**create_model(v1_registry, tmp_path, name), **pvc_env(write_tree(tmp_path / "model", model)),
+           **oci_env("DESTINATION", reference, base=registry_plain.base)}  # fmt: skip
+    run = run_job(env, tmp_path)
+    assert run.result()["uri"] == f"oci://{reference}"
+    started = run_modelcar(reference, model)  # KServe's init check, the sidecar, uid 1010 reads every byte
+    assert started.layers == 1 + 12 + 2  # busybox, a layer per shard, 188 small files in two

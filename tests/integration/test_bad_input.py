@@ -286,6 +286,9 @@ CASES: dict[str, Case] = {
                                           2, "MODEL_SYNC_SOURCE_URI"),
     "registry address with a bad scheme": Case(_with(MODEL_SYNC_REGISTRY_SERVER_ADDRESS="ftp://registry:8080"),
                                                2, "MODEL_SYNC_REGISTRY_SERVER_ADDRESS"),
+    "an image layer budget over 127": Case(
+        _with(MODEL_SYNC_DESTINATION_TYPE="oci", MODEL_SYNC_DESTINATION_OCI_URI="127.0.0.1:9/m:1",
+              MODEL_SYNC_DESTINATION_OCI_MAX_LAYERS="128"), 2, "MODEL_SYNC_DESTINATION_OCI_MAX_LAYERS"),
     "model artifact id that is no id": Case(_with(MODEL_SYNC_MODEL_ARTIFACT_ID="abc"), 2, "model artifact id 'abc'"),
     # --- credentials (exit 2) ---
     "S3 Secret with a secret key but no key id": Case(_s3_secret_without_key_id, 2, "MODEL_SYNC_DESTINATION_AWS_ACCESS_KEY_ID"),
