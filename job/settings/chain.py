@@ -15,16 +15,14 @@ whose one-line message names the env var and the arg, and neither touches the ne
 
 from __future__ import annotations
 
-import argparse
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal, NoReturn
+from typing import Literal
 
 from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import (
     BaseSettings,
-    CliSettingsSource,
     InitSettingsSource,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
@@ -33,6 +31,7 @@ from pydantic_settings import (
 from job.errors import ConfigError
 from job.oci.certs import DEFAULT_CERTS_DIR
 from job.settings.checks import path_problem
+from job.settings.cli import cli_values
 from job.settings.credentials import header_value, secret_value
 from job.settings.layers import CredentialFilesSource, PlainEnvSource
 from job.settings.names import (
@@ -321,53 +320,14 @@ class Settings(BaseSettings):
         )
 
 
-class _ArgumentParser(argparse.ArgumentParser):
-    """argparse that raises ConfigError (one line) instead of printing usage and exiting."""
-
-    def error(self, message: str) -> NoReturn:
-        raise ConfigError(f"command line: {message} (see model-sync --help)")
-
-
-class _HelpFormatter(argparse.HelpFormatter):
-    """Shows each arg's env var, and a plain metavar instead of pydantic's type names."""
-
-    def __init__(self, prog: str) -> None:
-        super().__init__(prog, max_help_position=44, width=120)
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        text = action.help or ""
-        if action.dest != "help":
-            text += f" [env: {env_name(action.dest)}]"
-        return text
-
-    def _format_args(self, action: argparse.Action, default_metavar: str) -> str:
-        if action.choices:
-            return "{" + ",".join(str(c) for c in action.choices) + "}"
-        return "VALUE"
-
-
-def _cli_values(argv: Sequence[str]) -> dict[str, Any]:
-    parser = _ArgumentParser(
-        prog="model-sync",
-        usage="model-sync [options]   (every option also reads its env var, shown in brackets)",
-        description="Stream an ML model from a source to a destination and record it in Kubeflow Model Registry. "
-        "Precedence: CLI args > env vars > credential files > defaults.",
-        formatter_class=_HelpFormatter,
-    )
-    cli: CliSettingsSource[argparse.ArgumentParser] = CliSettingsSource(
-        Settings, root_parser=parser, cli_parse_args=list(argv), cli_kebab_case=True, cli_implicit_flags=False
-    )
-    return {k: v for k, v in cli().items() if v is not None}
-
-
 def load_settings(argv: Sequence[str]) -> Settings:
     """Build the flat settings from the CLI (``argv``), the env, and the credential files.
 
     Raises ConfigError naming the first setting that is invalid.
     """
-    cli_values = _cli_values(argv)
+    given = cli_values(Settings, argv)
     try:
-        return Settings(**cli_values)
+        return Settings(**given)
     except ValidationError as exc:
         raise _config_error(exc) from None
 
