@@ -218,8 +218,9 @@ async def test_token_auth_rescopes_from_base_pull_to_target_push(
     assert skopeo_inspect(reg, reference)["Digest"] == result.committed.digest
     scopes = [sorted(s) for user, s in reg.token_server.requests[seen:] if user]
     assert [f"repository:{BASE_REPO}:pull"] in scopes
-    assert ["repository:models/token:pull,push"] in scopes
-    # The mount needs pull on the base repository and push on the target in one token.
+    assert ["repository:models/token:pull"] in scopes  # what the tag held before (a rerun's lookup)
+    # The mount needs pull on the base repository and push on the target in one token, which the model
+    # layers' uploads then use.
     assert [f"repository:{BASE_REPO}:pull", "repository:models/token:pull,push"] in scopes
     # And the source side reads it back with its own pull token.
     assert await read_all(reg.location(reference)) == MODEL
