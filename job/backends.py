@@ -81,6 +81,16 @@ def _oci_destination(location: OciLocation, config: JobConfig) -> Destination:
     )
 
 
+def _pvc_destination(location: PvcLocation, config: JobConfig) -> Destination:
+    from job.destinations.pvc import PvcDestination
+    from job.mounts import claim_uri
+
+    uri = None
+    if location.claim:
+        uri = claim_uri(location.claim, location.path, mount_path=location.mount_path)
+    return PvcDestination(location.path, uri=uri)
+
+
 # Location type -> (the backend's module, for the availability check; its factory).
 _SOURCES: dict[type, tuple[str, Callable[..., Source]]] = {
     PvcLocation: ("job.sources.pvc", _pvc_source),
@@ -91,6 +101,7 @@ _SOURCES: dict[type, tuple[str, Callable[..., Source]]] = {
 _DESTINATIONS: dict[type, tuple[str, Callable[..., Destination]]] = {
     S3Location: ("job.destinations.s3", _s3_destination),
     OciLocation: ("job.destinations.oci", _oci_destination),
+    PvcLocation: ("job.destinations.pvc", _pvc_destination),
 }
 
 

@@ -19,16 +19,11 @@ from pydantic import SecretStr
 from job.errors import ConfigError
 from job.retry import RetrySettings
 from job.settings.chain import Settings
-from job.settings.checks import check_bucket, check_url, path_problem, read_text_file, safe_is_dir, safe_is_file
+from job.settings.checks import check_bucket, check_url, safe_is_dir, safe_is_file
 from job.settings.credentials import DockerConfig, header_value, read_docker_config, read_uri_headers
 from job.settings.layers import registry_host
-from job.settings.names import (
-    DEFAULT_METADATA_PATH,
-    DEFAULT_SA_TOKEN_PATH,
-    DEFAULT_USER_TOKEN_ENVVAR,
-    Intent,
-    setting_name,
-)
+from job.settings.names import DEFAULT_METADATA_PATH, Intent, setting_name
+from job.settings.registry import RegistryConfig, registry_config
 
 # ---------------------------------------------------------------------------------------------
 # The typed view the rest of the job uses
@@ -44,6 +39,10 @@ class S3Location:
     endpoint: str | None
     access_key_id: SecretStr | None
     secret_access_key: SecretStr | None
+    verify: bool = True
+    """False: do not verify the endpoint's TLS certificate (KServe's ``S3_VERIFY_SSL=0``)."""
+    anonymous: bool = False
+    """Unsigned requests, for a public bucket (KServe's ``awsAnonymousCredential``)."""
 
     @property
     def uri(self) -> str:
@@ -90,25 +89,10 @@ class PvcLocation:
     """A mounted file or directory."""
 
     path: Path
-
-
-@dataclass(frozen=True, slots=True)
-class RegistryConfig:
-    """How to reach the Model Registry."""
-
-    base_url: str
-    """``scheme://host:port``, without the API path."""
-    token: SecretStr | None
-    token_file: Path | None
-    """The file ``token`` was read from, when it was (a projected service-account token, which the kubelet
-    rotates): the client reads it again when it changes, so a sync that outlives the token still records
-    its result."""
-    verify: bool | str
-    """True, False (plain http), or a CA bundle path."""
-    author: str | None
-    log_level: str
-    api_version: str = "auto"
-    """``v1``, ``v1alpha3``, or ``auto`` (the first answer tells)."""
+    claim: str | None = None
+    """The PersistentVolumeClaim mounted there (a destination's recorded uri is then ``pvc://claim/...``)."""
+    mount_path: Path | None = None
+    """Where the claim's root is mounted, when the setting gives it (else read from mountinfo)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,7 +100,7 @@ class JobConfig:
     """Everything the job needs, checked and typed."""
 
     source: S3Location | UriLocation | OciLocation | PvcLocation
-    destination: S3Location | OciLocation
+    destination: S3Location | OciLocation | PvcLocation
     registry: RegistryConfig
     intent: Intent
     model_id: str | None
@@ -174,7 +158,8 @@ def _s3_location(settings: Settings, side: str, environ: Mapping[str, str]) -> S
         _require(settings, "source_aws_key", "source-type is s3: name the object or the prefix to copy")
     key_id = getattr(settings, f"{side}_aws_access_key_id")
     secret = getattr(settings, f"{side}_aws_secret_access_key")
-    if key_id is None and secret is None and not _ambient_aws_identity(environ):
+    anonymous = side == "source" and settings.source_aws_anonymous
+    if key_id is None and secret is None and not anonymous and not _ambient_aws_identity(environ):
         _require(settings, f"{side}_aws_access_key_id", why)
     if (key_id is None) != (secret is None):
         missing = f"{side}_aws_secret_access_key" if secret is None else f"{side}_aws_access_key_id"
@@ -186,6 +171,8 @@ def _s3_location(settings: Settings, side: str, environ: Mapping[str, str]) -> S
         endpoint=endpoint,
         access_key_id=key_id,
         secret_access_key=secret,
+        verify=settings.source_aws_verify_ssl if side == "source" else True,
+        anonymous=anonymous,
     )
 
 
@@ -260,77 +247,6 @@ def _source(settings: Settings, environ: Mapping[str, str]) -> S3Location | UriL
     raise AssertionError(settings.source_type)  # pragma: no cover - Literal is exhaustive
 
 
-def _registry(settings: Settings, environ: Mapping[str, str]) -> RegistryConfig:
-    address = _require(settings, "registry_server_address", "where the Model Registry is").strip().rstrip("/")
-    # Upstream takes a bare host too: check it as https://host, as it is used.
-    parts = check_url(address if "://" in address else "https://" + address,
-                      setting_name("registry_server_address"), ("http", "https"))  # fmt: skip
-    explicit_secure = "registry_is_secure" in settings.model_fields_set
-    secure = settings.registry_is_secure if explicit_secure or "://" not in address else parts.scheme == "https"
-    explicit_port = "registry_port" in settings.model_fields_set
-    port = settings.registry_port if explicit_port or parts.port is None else parts.port
-    host = f"[{parts.hostname}]" if ":" in (parts.hostname or "") else parts.hostname  # IPv6 keeps its brackets
-    base_url = f"{'https' if secure else 'http'}://{host}:{port}{parts.path}"
-    token, token_file = _registry_token(settings, environ)
-    return RegistryConfig(
-        base_url=base_url,
-        token=token,
-        token_file=token_file,
-        verify=_registry_verify(settings, environ, secure),
-        author=settings.registry_author,
-        log_level=settings.registry_log_level,
-        api_version=settings.registry_api_version,
-    )
-
-
-def _registry_token(settings: Settings, environ: Mapping[str, str]) -> tuple[SecretStr | None, Path | None]:
-    """The registry token, and the file it was read from (``None`` for a token given as a value)."""
-    if settings.registry_user_token is not None:
-        return settings.registry_user_token, None
-    envvar = settings.registry_user_token_envvar
-    if envvar:
-        value = environ.get(envvar)
-        if not value:
-            raise ConfigError(
-                f"invalid setting {setting_name('registry_user_token_envvar')}: env var {envvar} is not set"
-            )
-        # Kubeflow's client reads a token *file path* from this env var; accept a path or the token itself.
-        value = value.strip()
-        what = f"{setting_name('registry_user_token_envvar')}: env var {envvar}"
-        if not value.startswith("/"):
-            return header_value(value, what), None
-        return _read_token_file(Path(value), what), Path(value)
-    if DEFAULT_USER_TOKEN_ENVVAR in environ:
-        path = Path(environ[DEFAULT_USER_TOKEN_ENVVAR])
-        return _read_token_file(path, f"env var {DEFAULT_USER_TOKEN_ENVVAR}"), path
-    if DEFAULT_SA_TOKEN_PATH.is_file():
-        return _read_token_file(DEFAULT_SA_TOKEN_PATH, "the service-account token"), DEFAULT_SA_TOKEN_PATH
-    return None, None
-
-
-def _read_token_file(path: Path, what: str) -> SecretStr:
-    problem = path_problem(path)
-    if problem:
-        raise ConfigError(f"{what}: token file: {problem}")
-    return header_value(read_text_file(path, f"{what}: token file"), f"{what}: token file {path}")
-
-
-def _registry_verify(settings: Settings, environ: Mapping[str, str], secure: bool) -> bool | str:
-    if not secure:
-        return False
-    ca: Path | None = settings.registry_custom_ca
-    field = "registry_custom_ca"
-    if ca is None and settings.registry_custom_ca_envvar:
-        value = environ.get(settings.registry_custom_ca_envvar)
-        if value:
-            ca, field = Path(value), "registry_custom_ca_envvar"
-    if ca is None:
-        return True
-    if path_problem(ca) or not safe_is_file(ca):
-        raise ConfigError(f"invalid setting {setting_name(field)}: CA bundle {ca} does not exist")
-    return str(ca)
-
-
 def _metadata_path(settings: Settings) -> Path | None:
     path = settings.metadata_configmap_path
     if path is None:
@@ -342,18 +258,36 @@ def _metadata_path(settings: Settings) -> Path | None:
     return path
 
 
+def retry_settings(settings: Settings) -> RetrySettings:
+    """The retry budget and network timeouts, for every client."""
+    return RetrySettings(
+        attempts=settings.retry_attempts,
+        file_attempts=settings.retry_file_attempts,
+        initial_wait=settings.retry_initial_wait,
+        max_wait=settings.retry_max_wait,
+        retry_after_cap=settings.retry_after_max,
+        connect_timeout=settings.connect_timeout,
+        read_timeout=settings.read_timeout,
+    )
+
+
 def build_job_config(settings: Settings, environ: Mapping[str, str] | None = None) -> JobConfig:
     """Check the settings that depend on each other and type them. Raises ConfigError; no network."""
     env = os.environ if environ is None else environ
-    destination = (
-        _s3_location(settings, "destination", env)
-        if settings.destination_type == "s3"
-        else _oci_location(settings, "destination")
-    )
+    destination: S3Location | OciLocation | PvcLocation
+    if settings.destination_type == "s3":
+        destination = _s3_location(settings, "destination", env)
+    elif settings.destination_type == "pvc":
+        path = _require(settings, "destination_path", "destination-type is pvc: the directory to write into")
+        destination = PvcLocation(
+            path=path, claim=settings.destination_pvc_claim, mount_path=settings.destination_pvc_mount_path
+        )
+    else:
+        destination = _oci_location(settings, "destination")
     return JobConfig(
         source=_source(settings, env),
         destination=destination,
-        registry=_registry(settings, env),
+        registry=registry_config(settings, env),
         intent=settings.model_upload_intent,
         model_id=settings.model_id,
         model_version_id=settings.model_version_id,
@@ -368,14 +302,6 @@ def build_job_config(settings: Settings, environ: Mapping[str, str] | None = Non
         termination_message_path=settings.termination_message_path,
         include=_globs(settings.source_include),
         exclude=_globs(settings.source_exclude),
-        retry=RetrySettings(
-            attempts=settings.retry_attempts,
-            file_attempts=settings.retry_file_attempts,
-            initial_wait=settings.retry_initial_wait,
-            max_wait=settings.retry_max_wait,
-            retry_after_cap=settings.retry_after_max,
-            connect_timeout=settings.connect_timeout,
-            read_timeout=settings.read_timeout,
-        ),
+        retry=retry_settings(settings),
         stop_timeout=settings.stop_timeout,
     )

@@ -25,6 +25,7 @@ from contextlib import AsyncExitStack
 from typing import Any
 
 import aioboto3  # type: ignore[import-untyped]
+from botocore import UNSIGNED  # type: ignore[import-untyped]
 from botocore.config import Config  # type: ignore[import-untyped]
 from botocore.handlers import add_expect_header  # type: ignore[import-untyped]
 
@@ -77,7 +78,7 @@ def client_config(location: S3Location, *, max_pool_connections: int, retry: Ret
     retry = retry or RetrySettings()
     return Config(
         region_name=location.region or "us-east-1",
-        signature_version="s3v4",
+        signature_version=UNSIGNED if location.anonymous else "s3v4",
         # No SigV4 payload hash: botocore would sha256 every body again (always over http, and over https
         # too when the checksum header is our own). The destination's x-amz-checksum-* header, which is
         # signed, protects the body instead and the server verifies it.
@@ -142,6 +143,7 @@ class S3Connection:
             aws_secret_access_key=loc.secret_access_key.get_secret_value() if loc.secret_access_key else None,
             region_name=loc.region or "us-east-1",
             endpoint_url=endpoint_url(loc.endpoint),
+            verify=None if loc.verify else False,
             config=client_config(loc, max_pool_connections=self.max_pool_connections, retry=self.retry),
         )
 

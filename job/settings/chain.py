@@ -74,6 +74,8 @@ class Settings(BaseSettings):
     source_aws_access_key_id: SecretStr | None = Field(None, description="source-type s3: access key id.")
     source_aws_secret_access_key: SecretStr | None = Field(None, description="source-type s3: secret key.")
     source_aws_endpoint: str | None = Field(None, description="source-type s3: endpoint URL (non-AWS S3).")
+    source_aws_anonymous: bool = Field(False, description="source-type s3: unsigned requests, for a public bucket.")
+    source_aws_verify_ssl: bool = Field(True, description="source-type s3: verify the endpoint's TLS certificate.")
     source_oci_uri: str | None = Field(None, description="source-type oci: image reference to pull.")
     source_oci_registry: str | None = Field(
         None, description="source-type oci: registry the credentials belong to (default: the image's host)."
@@ -93,7 +95,22 @@ class Settings(BaseSettings):
     )
 
     # --- destination ---
-    destination_type: DestinationType = Field("oci", description="Where the model goes: oci (modelcar) or s3.")
+    destination_type: DestinationType = Field(
+        "oci", description="Where the model goes: oci (modelcar), s3, or pvc (a mounted directory)."
+    )
+    destination_path: Path | None = Field(
+        None, description="destination-type pvc: the directory to write the model into (created if missing)."
+    )
+    destination_pvc_claim: str | None = Field(
+        None,
+        description="destination-type pvc: the PersistentVolumeClaim mounted there; the registry then records "
+        "pvc://<claim>/<path inside the claim> (KServe's storageUri), else the local path.",
+    )
+    destination_pvc_mount_path: Path | None = Field(
+        None,
+        description="destination-type pvc: where the claim's root is mounted (default: read from "
+        "/proc/self/mountinfo, subPath mounts included).",
+    )
     destination_s3_credentials_path: Path | None = Field(None, description="Mounted S3 Secret dir.")
     destination_oci_credentials_path: Path | None = Field(None, description="Mounted .dockerconfigjson.")
     destination_aws_bucket: str | None = Field(None, description="destination-type s3: bucket.")
@@ -161,6 +178,12 @@ class Settings(BaseSettings):
     )
 
     # --- model registry client ---
+    serve_artifact_states: str = Field(
+        "LIVE,UNKNOWN",
+        pattern=r"^\s*[A-Za-z_]+(\s*,\s*[A-Za-z_]+)*\s*$",
+        description="Initializer mode (model-registry://): artifact states that may be served, newest first "
+        "(UNKNOWN is what Kubeflow's clients and UI register; PENDING is a sync not finished).",
+    )
     registry_server_address: str | None = Field(None, description="Model Registry address (with or without scheme).")
     registry_port: int = Field(
         443, ge=1, le=65535, description="Model Registry port (a port in the address wins if unset)."

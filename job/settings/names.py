@@ -32,7 +32,7 @@ def setting_name(field: str) -> str:
 
 
 SourceType = Literal["s3", "uri", "oci", "pvc"]
-DestinationType = Literal["s3", "oci"]
+DestinationType = Literal["s3", "oci", "pvc"]
 
 
 class Intent(StrEnum):

@@ -16,8 +16,9 @@ part of it the backend can hold), written there once a session by a client that 
 ``filtered-*``            ``FilteredSource`` over the pvc or s3 source, excluding ``tokenizer/``
 ========================  =================================================================================
 
-``destination_case`` is parametrized over ``s3`` (a fresh SeaweedFS bucket) and ``oci`` (a fresh repository on
-``registry_plain``, based on ``registry_plain.base``). Servers are requested only by the cases that need them.
+``destination_case`` is parametrized over ``s3`` (a fresh SeaweedFS bucket), ``oci`` (a fresh repository on
+``registry_plain``, based on ``registry_plain.base``) and ``pvc`` (a fresh directory, read back with plain Python).
+Servers are requested only by the cases that need them.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import pytest
 
 from job.config import UriLocation
 from job.destinations.oci import OciDestination
+from job.destinations.pvc import PART_SUFFIX, PvcDestination
 from job.destinations.s3 import S3Destination
 from job.http.settings import HttpSettings
 from job.s3.parts import MiB
@@ -246,13 +248,35 @@ def _oci_destination(request: pytest.FixtureRequest) -> DestinationCase:
     )
 
 
+def _pvc_destination(request: pytest.FixtureRequest) -> DestinationCase:
+    claim: Path = request.getfixturevalue("tmp_path") / "claim"
+    root = claim / PREFIX  # created by the destination
+
+    def files() -> list[Path]:
+        return sorted(p for p in root.rglob("*") if not p.is_dir()) if root.exists() else []
+
+    def read_back() -> dict[str, bytes]:
+        # everything a model server would find in the directory, a leftover .part included
+        return {p.relative_to(root).as_posix(): p.read_bytes() for p in files()}
+
+    return DestinationCase(
+        name="pvc",
+        make=lambda: PvcDestination(root, uri=f"pvc://contract/{PREFIX}"),
+        uri=f"pvc://contract/{PREFIX}",
+        read_back=read_back,
+        stored=lambda: [f"file {p.relative_to(root)}" for p in files() if not p.name.endswith(PART_SUFFIX)],
+        open_uploads=lambda: [f"partial file {p.relative_to(root)}" for p in files() if p.name.endswith(PART_SUFFIX)],
+    )
+
+
 DESTINATIONS: dict[str, Callable[[pytest.FixtureRequest], DestinationCase]] = {
     "s3": _s3_destination,
     "oci": _oci_destination,
+    "pvc": _pvc_destination,
 }
 
 
 @pytest.fixture(params=list(DESTINATIONS))
 def destination_case(request: pytest.FixtureRequest) -> DestinationCase:
-    """One destination, writing to a target of its own (a fresh bucket, a fresh repository)."""
+    """One destination, writing to a target of its own (a fresh bucket, a fresh repository, a fresh directory)."""
     return DESTINATIONS[request.param](request)

@@ -1,17 +1,18 @@
 """The Destination contract (``job/destinations/base.py``), checked on every destination against real servers.
 
-The same tests run over ``s3`` (SeaweedFS) and ``oci`` (distribution, a modelcar on the busybox base), each
-writing to a target of its own (``destination_case`` in ``conftest.py``):
+The same tests run over ``s3`` (SeaweedFS), ``oci`` (distribution, a modelcar on the busybox base) and ``pvc`` (a
+local directory), each writing to a target of its own (``destination_case`` in ``conftest.py``):
 
 1. ``put`` of every file, then ``commit``, gives the destination's uri (again when repeated), and a client that
-   is not model-sync's (boto3; httpx and ``tarfile`` for the modelcar) reads the model back;
+   is not model-sync's (boto3; httpx and ``tarfile`` for the modelcar; plain Python for the directory) reads the
+   model back;
 2. a ``put`` whose stream fails midway raises the stream's own error, and after ``abort()`` nothing of the
-   file is left: no object or manifest a reader could take, and no unfinished upload (an S3 multipart upload,
-   a registry upload session); the same after a ``put`` that was cancelled;
+   file is left: no object, manifest or file a reader could take, and no unfinished upload (an S3 multipart
+   upload, a registry upload session, a ``.part`` file); the same after a ``put`` that was cancelled;
 3. ``abort()`` is idempotent and never raises: twice on an unused destination, twice after a failure;
 4. ``lookup()`` returns None for a file never written, and, on a new destination object for the target of an
    earlier successful run (a rerun), an ``Uploaded`` of the right size for each unchanged file, None for a
-   changed one. Both destinations support skipping (see their ``lookup`` docstrings).
+   changed one. Every destination supports skipping (see their ``lookup`` docstrings).
 """
 
 from __future__ import annotations

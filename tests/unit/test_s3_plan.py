@@ -18,7 +18,7 @@ from botocore.exceptions import (  # type: ignore[import-untyped]
 from pydantic import SecretStr
 
 from job.backends import make_destination, make_source
-from job.config import JobConfig, RegistryConfig, S3Location
+from job.config import JobConfig, S3Location
 from job.destinations.s3 import _CHECKSUMS, S3Destination, destination_key
 from job.errors import (
     DestinationAuthError,
@@ -42,6 +42,7 @@ from job.s3.parts import (
     read_part,
 )
 from job.settings.names import Intent
+from job.settings.registry import RegistryConfig
 from job.sources.s3 import S3Source, _as_prefix
 from job.streams import ChunkReader
 

@@ -31,6 +31,7 @@ import pytest
 import yaml
 
 import job.config
+import job.settings.registry
 from job.config import JobConfig, OciLocation, PvcLocation, S3Location, UriLocation, build_job_config
 from job.errors import ConfigError
 from job.pipeline import plan_job
@@ -307,7 +308,7 @@ def plan(pod: FakePod, monkeypatch: pytest.MonkeyPatch, root: Path) -> JobConfig
     for name, value in pod.env.items():
         monkeypatch.setenv(name, value)
     # The kubelet's automounted token, and no stray /etc/model-metadata of the machine running the test.
-    monkeypatch.setattr(job.config, "DEFAULT_SA_TOKEN_PATH", pod.service_account_token or root / "no-token")
+    monkeypatch.setattr(job.settings.registry, "DEFAULT_SA_TOKEN_PATH", pod.service_account_token or root / "no-token")
     monkeypatch.setattr(job.config, "DEFAULT_METADATA_PATH", root / "no-metadata")
     config = build_job_config(load_settings(pod.args))
     try:
