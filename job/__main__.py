@@ -17,7 +17,7 @@ import sys
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from pydantic import SecretStr
 
@@ -26,6 +26,10 @@ from job.errors import ModelSyncError
 from job.http.proxy import normalise_no_proxy
 from job.logs import RedactSecrets, configure_logging
 from job.settings.chain import Settings, load_settings, unknown_env_settings
+
+if TYPE_CHECKING:
+    from job.intents import IntentResult
+    from job.serving.initializer import Served
 
 log = logging.getLogger("job")
 
@@ -138,6 +142,44 @@ def _first_error(exc: BaseException) -> BaseException:
     return exc
 
 
+def _initializer_call(argv: Sequence[str]) -> tuple[str, str] | None:
+    """KServe's call of a storage initializer: ``model-sync <storage-uri> <dest-dir>``."""
+    if len(argv) == 2 and not any(arg.startswith("-") for arg in argv):
+        return argv[0], argv[1]
+    return None
+
+
+def _serve(
+    settings: Settings,
+    storage_uri: str,
+    directory: str,
+    env: Mapping[str, str],
+    termination_path: Path,
+    redactor: RedactSecrets,
+) -> Served:
+    """Initializer mode (``job.serving.initializer``): check, then resolve and stream into ``directory``."""
+    from job.pipeline import until_terminated  # imports the backends' libraries
+    from job.serving.initializer import plan_serving, serve
+
+    log.info("storage initializer: %s -> %s", storage_uri, directory)
+    plan = plan_serving(settings, storage_uri, directory, env)
+    for config in filter(None, [plan.config]):
+        redactor.add(_secrets_of(None, config))
+    if plan.registry is not None and plan.registry.token is not None:
+        redactor.add([plan.registry.token.get_secret_value()])
+    watchdog = StopWatchdog(settings.stop_timeout, termination_path)
+    try:
+        return asyncio.run(
+            until_terminated(
+                lambda: serve(plan, on_config=lambda c: redactor.add(_secrets_of(None, c))),
+                stop_timeout=settings.stop_timeout,
+                on_sigterm=watchdog.arm,
+            )
+        )
+    finally:
+        watchdog.disarm()
+
+
 def run(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> int:
     """Run the job once; return the exit code. Never raises for expected errors."""
     env = os.environ if environ is None else environ
@@ -147,24 +189,28 @@ def run(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> int:
     config: JobConfig | None = None
     if environ is None:
         normalise_no_proxy(os.environ)  # before any client reads it
+    serving = _initializer_call(argv)
     try:
-        settings = load_settings(argv)
+        settings = load_settings([] if serving else argv)
         termination_path = settings.termination_message_path
         redactor = configure_logging(settings.log_level, settings.log_format, _secrets_of(settings, None))
         logging.getLogger("job.model_registry").setLevel(settings.registry_log_level)
         for unknown in unknown_env_settings(env):
             log.warning("ignoring env var %s: it is not a model-sync setting", unknown)
-        config = build_job_config(settings, env)
-        redactor.add(_secrets_of(None, config))
+        if serving:
+            result: IntentResult | Served = _serve(settings, *serving, env, termination_path, redactor)
+        else:
+            config = build_job_config(settings, env)
+            redactor.add(_secrets_of(None, config))
 
-        from job.pipeline import plan_job, run_until_terminated  # imports the backends' libraries
+            from job.pipeline import plan_job, run_until_terminated  # imports the backends' libraries
 
-        plan = plan_job(config)
-        watchdog = StopWatchdog(config.stop_timeout, termination_path)
-        try:
-            result = asyncio.run(run_until_terminated(plan, on_sigterm=watchdog.arm))
-        finally:
-            watchdog.disarm()
+            plan = plan_job(config)
+            watchdog = StopWatchdog(config.stop_timeout, termination_path)
+            try:
+                result = asyncio.run(run_until_terminated(plan, on_sigterm=watchdog.arm))
+            finally:
+                watchdog.disarm()
     except KeyboardInterrupt:
         write_termination_message(termination_path, "interrupted")
         return 130

@@ -13,8 +13,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from job.backends import check_available, make_destination, make_source
 from job.config import JobConfig, OciLocation
@@ -31,6 +32,8 @@ from job.settings.names import setting_name
 from job.sources.base import Source
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 STOP_SHARE_TRANSFER = 0.35
 """Share of ``stop_timeout`` that aborting the uploads and closing the clients may take after SIGTERM."""
@@ -160,6 +163,22 @@ async def run_until_terminated(plan: Plan, *, on_sigterm: Callable[[], None] | N
     The cleanup is bounded by shares of ``config.stop_timeout`` (uploads aborted first, then the registry
     restored); ``on_sigterm`` runs once when the signal arrives, e.g. to arm a hard deadline.
     """
+    return await until_terminated(
+        lambda: sync(plan),
+        stop_timeout=plan.config.stop_timeout,
+        on_sigterm=on_sigterm,
+        what="before the model was recorded",
+    )
+
+
+async def until_terminated(
+    work: Callable[[], Awaitable[T]],
+    *,
+    stop_timeout: float,
+    on_sigterm: Callable[[], None] | None = None,
+    what: str = "before the model was in place",
+) -> T:
+    """Await ``work()`` with SIGTERM turned into its cancellation; then raise ``Terminated``."""
     loop = asyncio.get_running_loop()
     task = asyncio.current_task()
     assert task is not None
@@ -169,9 +188,7 @@ async def run_until_terminated(plan: Plan, *, on_sigterm: Callable[[], None] | N
         if terminated.is_set():
             log.warning("SIGTERM received again: still cleaning up")
             return
-        log.warning(
-            "SIGTERM received: stopping the transfer and cleaning up (at most %.0f s)", plan.config.stop_timeout
-        )
+        log.warning("SIGTERM received: stopping the transfer and cleaning up (at most %.0f s)", stop_timeout)
         terminated.set()
         if on_sigterm is not None:
             on_sigterm()
@@ -179,10 +196,10 @@ async def run_until_terminated(plan: Plan, *, on_sigterm: Callable[[], None] | N
 
     loop.add_signal_handler(signal.SIGTERM, handle_sigterm)
     try:
-        return await sync(plan)
+        return await work()
     except asyncio.CancelledError:
         if terminated.is_set():
-            raise Terminated("stopped by SIGTERM (pod deletion or node drain) before the model was recorded") from None
+            raise Terminated(f"stopped by SIGTERM (pod deletion or node drain) {what}") from None
         raise
     finally:
         loop.remove_signal_handler(signal.SIGTERM)

@@ -232,7 +232,7 @@ class OciSource:
                 tree.apply((m, FileLocation(index, m.offset, m.size)) for m in await self._scan(index))
                 for f in tree.files():
                     self._files[path / f.path] = f.payload
-                    objects.append(ObjectInfo(path=path / f.path, size=f.payload.size))
+                    objects.append(ObjectInfo(path=path / f.path, size=f.payload.size, etag=self._etag(f.payload)))
                 continue
             index = self._add_layer(descriptor, "blob")
             blob = self._layers[index]  # read whole, and checked against its digest by the engine as it streams
@@ -271,7 +271,15 @@ class OciSource:
         files = {f.path: f.payload for f in tree.files()}
         # Layer and tar order (path order for aliases of one member): the order a shared pass meets them.
         self._files = dict(sorted(files.items(), key=lambda item: (item[1].layer, item[1].offset, item[0])))
-        return [ObjectInfo(path=path, size=location.size) for path, location in self._files.items()]
+        return [
+            ObjectInfo(path=path, size=location.size, etag=self._etag(location))
+            for path, location in self._files.items()
+        ]
+
+    def _etag(self, location: FileLocation) -> str:
+        """A file's identity inside a content-addressed layer: the layer's digest and the file's offset. A
+        destination stores it, so that a rerun (a restarted initializer) skips the files already there."""
+        return f'"{self._layers[location.layer].digest}@{location.offset}"'
 
     async def _scan(self, index: int) -> builtins.list[TarEntry]:
         layer = self._layers[index]

@@ -1,0 +1,1 @@
+"""KServe storage-initializer mode: ``model-sync <storage-uri> <dest-dir>`` (see ``job.serving.initializer``)."""
