@@ -3,6 +3,8 @@ text files a Hugging Face checkpoint has, one of them in a folder.
 
 It is written to local disk for the rows that read it there (pvc, the ``.tar.gz``, the source modelcar) and put
 into the source S3 from there, or, for the ``--flat-mib`` model, streamed into S3 from memory without touching disk.
+:meth:`Model.many` is the many-small-files model (a dataset-like tree next to a few shards), for the rows that
+measure an image past the OCI destination's layer budget.
 """
 
 from __future__ import annotations
@@ -10,13 +12,22 @@ from __future__ import annotations
 import io
 import json
 import os
+import random
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-MiB = 1024 * 1024
+KiB = 1024
+MiB = 1024 * KiB
 LARGE_FILES = 4
 PIECE = 16 * MiB
+MANY_FILES = 2000
+"""Small files of the many-files model."""
+MANY_SEED = 20240
+"""Seed of the many-small-files model: the same sizes, paths and bytes on every bench."""
+UPLOAD_THREADS = 8
+"""Parallel ``put_object`` calls for the small files (2,000 of them one by one take most of a setup)."""
 
 
 @dataclass
@@ -40,6 +51,19 @@ class Model:
             "tokenizer/tokenizer_config.json": b'{"model_max_length": 4096}\n',
             "README.md": b"# bench model\n\nRandom weights for model-sync's benchmark.\n",
         }
+        return cls(large, small)
+
+    @classmethod
+    def many(cls, small_files: int = MANY_FILES, shard_mib: int = 24, seed: int = MANY_SEED) -> Model:
+        """``small_files`` files of 4-64 KiB in 3 folders of 4 subfolders each (sizes and bytes drawn from
+        ``seed``), next to 4 shards of ``shard_mib`` MiB: more files than an image's layer budget."""
+        rng = random.Random(seed)
+        folders = [f"data/{top}/part-{sub}" for top in ("train", "validation", "test") for sub in range(4)]
+        small = {
+            f"{folders[i % len(folders)]}/item-{i:05d}.bin": rng.randbytes(rng.randint(4 * KiB, 64 * KiB))
+            for i in range(small_files)
+        }
+        large = {f"model-{i:05d}-of-{LARGE_FILES:05d}.safetensors": shard_mib * MiB for i in range(1, LARGE_FILES + 1)}
         return cls(large, small)
 
     @property
@@ -67,8 +91,11 @@ class Model:
         from boto3.s3.transfer import TransferConfig  # type: ignore[import-untyped]
 
         config = TransferConfig(multipart_threshold=64 * MiB, multipart_chunksize=64 * MiB, max_concurrency=4)
-        for name, data in self.small.items():
-            client.put_object(Bucket=bucket, Key=prefix + name, Body=data)
+        with ThreadPoolExecutor(UPLOAD_THREADS) as pool:  # boto3 clients are thread-safe
+            for done in [
+                pool.submit(client.put_object, Bucket=bucket, Key=prefix + k, Body=v) for k, v in self.small.items()
+            ]:
+                done.result()
         for name, size in self.large.items():
             if self.root is not None:
                 client.upload_file(str(self.root / name), bucket, prefix + name, Config=config)

@@ -1,6 +1,6 @@
 """The report: a progress line per run, the targets with PASS/MISS, the Markdown table (median wall, MB/s, CPU,
-peak RSS, temp disk, peer / model-sync) with each pipeline's steps and each server's CPU, and what was measured
-(the commit, the tools' versions) for the JSON.
+peak RSS, temp disk, peer / model-sync, the pushed image's layers) with each pipeline's steps and each server's
+CPU, and what was measured (the commit, the tools' versions) for the JSON.
 """
 
 from __future__ import annotations
@@ -128,10 +128,11 @@ def render(results: Sequence[RowResult], targets: Sequence[dict[str, Any]], meta
     lines = [
         f"model-sync benchmark: {meta['size_mib']} MiB model ({meta['files']} files), median of {meta['runs']} run(s), "
         f"{meta['cpus']} CPUs, servers on 127.0.0.1",
+        *([meta["many_model"]] if meta.get("many_model") else []),
         "",
         "| route | tool | median s | MB/s | CPU s | server CPU s | peak RSS MiB | temp disk MiB | disk written MiB "
-        "| vs model-sync | runs ok | other CPU s |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|",
+        "| vs model-sync | runs ok | other CPU s | layers |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|",
     ]
     for result in results:
         row = result.row
@@ -147,17 +148,19 @@ def render(results: Sequence[RowResult], targets: Sequence[dict[str, Any]], meta
         if row.id == "s3-oci/model-sync" and floor and floor.wall and result.wall:
             versus = f"{result.wall / floor.wall:.2f}x floor"
         ok = f"{len(result.ok_runs)}/{len(result.runs)}"
+        rate = _num(result.mb_s, "{:.0f}" if (result.mb_s or 0) >= 10 else "{:.1f}")
         lines.append(
-            f"| {row.route} | {row.tool} | {_num(result.wall)} | {_num(result.mb_s, '{:.0f}')} | {_num(result.cpu, '{:.1f}')} "
+            f"| {row.route} | {row.tool} | {_num(result.wall)} | {rate} | {_num(result.cpu, '{:.1f}')} "
             f"| {_num(result.server_cpu, '{:.1f}')} | {_mib(result.peak_rss)} | {_mib(result.disk_peak)} "
-            f"| {_mib(result.write_bytes)} | {versus} | {ok} | {_num(result.other_cpu, '{:.1f}')} |"
+            f"| {_mib(result.write_bytes)} | {versus} | {ok} | {_num(result.other_cpu, '{:.1f}')} "
+            f"| {_num(result.layers, '{:.0f}')} |"
         )
     lines += [
         "",
         "CPU s: user+system seconds of the tool's process tree; server CPU s: what SeaweedFS, distribution and httpd "
         "spent meanwhile; peak RSS: largest sum of VmRSS over the tool's processes (a pipeline: its largest step); "
         "temp disk: peak size of the run's scratch dir; disk written: the tree's write_bytes; other CPU s: what the "
-        "rest of the machine spent meanwhile (noise from other work).",
+        "rest of the machine spent meanwhile (noise from other work); layers: of the pushed image, base included.",
     ]
     lines += ["", "Server CPU (median CPU s per run):", ""]
     for result in results:

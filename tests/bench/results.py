@@ -27,6 +27,8 @@ class RunResult:
     """Seconds waited before the run for the machine to go quiet."""
     settle_load: float = 0.0
     """Cores busy with other work when the run started (last ``settle`` window)."""
+    layers: int | None = None
+    """Layers of the pushed image, base included (OCI destinations, read by the row's check)."""
 
     @property
     def ok(self) -> bool:
@@ -86,6 +88,7 @@ class RunResult:
             "peak_rss": self.peak_rss,
             "disk_peak": self.disk_peak,
             "write_bytes": self.write_bytes,
+            "layers": self.layers,
             "steps": [s.to_json() for s in self.steps],
         }
 
@@ -150,6 +153,11 @@ class RowResult:
     def write_bytes(self) -> int | None:
         return max((r.write_bytes for r in self.ok_runs), default=None) if self.row.steps else None
 
+    @property
+    def layers(self) -> int | None:
+        """The pushed image's layer count (the most over the successful runs; it does not vary by run)."""
+        return max((r.layers for r in self.ok_runs if r.layers is not None), default=None)
+
     def step_median(self, *names: str) -> float | None:
         """Median over runs of the summed wall time of the named steps."""
         values = [sum(s.wall for s in r.steps if s.name in names) for r in self.ok_runs]
@@ -183,6 +191,7 @@ class RowResult:
             "peak_rss": self.peak_rss,
             "disk_peak": self.disk_peak,
             "write_bytes": self.write_bytes,
+            "layers": self.layers,
             "step_medians": {name: self.step_median(name) for name in self.step_names()},
             "runs": [r.to_json() for r in self.runs],
         }

@@ -4,7 +4,10 @@ checked afterwards.
 ``python -m tests.bench.run --list`` prints the row ids. model-sync rows run one ``model-sync`` step with the
 environment a Job manifest would set; the peers' steps come from :mod:`tests.bench.peers`; the registry floor has
 no steps (:func:`tests.bench.runs.push_floor` pushes it from the bench process). Each run's result is checked: the
-objects and sizes in the destination bucket, or the layer count of the pushed manifest.
+objects and sizes in the destination bucket, or the layer count of the pushed manifest (kept for the table).
+
+The many-files rows (``s3-oci-many/*``: :meth:`tests.bench.model.Model.many`, more files than an image's layer
+budget) are opt-in: they run when ``--only`` names them, not in the default table.
 """
 
 from __future__ import annotations
@@ -16,13 +19,15 @@ import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from tests.bench.model import Model
+from tests.bench.model import LARGE_FILES, MANY_FILES, Model
 from tests.bench.peers import Step, s5cmd_s3_to_s3, skopeo_s5cmd_oci_to_s3, upstream_to_oci
 from tests.bench.stack import (
     BIG_PREFIX,
     DST_BUCKET,
     DST_PREFIX,
+    MANY_PREFIX,
     MODEL_PREFIX,
     SRC_BUCKET,
     Bench,
@@ -35,6 +40,9 @@ from tests.servers.s3 import S3Server
 
 FLOOR_STREAMS = 2
 """Upload streams of the registry floor row."""
+OCI_MAX_LAYERS = 64
+"""model-sync's default layer budget for a whole image (``MODEL_SYNC_DESTINATION_OCI_MAX_LAYERS``)."""
+MANIFEST_TYPES = "application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json"
 
 
 @dataclass
@@ -46,6 +54,8 @@ class Run:
     work: Path
     dst_s3: S3Server | None = None
     dst_oci: Registry | None = None
+    layers: int | None = None
+    """The pushed image's layer count (base included), once the check has read its manifest."""
 
     @property
     def target_ref(self) -> str:
@@ -68,7 +78,10 @@ class Row:
     baseline: str | None = None
     """For a peer: the model-sync row it is compared with."""
     needs: frozenset[str] = frozenset()
-    """Setup it needs: ``disk`` (the model on local disk), ``targz``, ``image`` (the source modelcar)."""
+    """Setup it needs: ``disk`` (the model on local disk), ``targz``, ``image`` (the source modelcar), ``many``
+    (the many-files model in the source S3, synced instead of the ``--size-mib`` one)."""
+    opt_in: bool = False
+    """Run only when ``--only`` names it (a model of its own, about a minute a run)."""
 
 
 # --- what a row's steps use ----------------------------------------------------------------------------------
@@ -124,21 +137,48 @@ def check_s3(run: Run, files: dict[str, int] | None = None) -> None:
         raise AssertionError(f"s3://{DST_BUCKET}/{DST_PREFIX} differs from the model: missing {missing}, extra {extra}")
 
 
-def check_oci(run: Run, files: int | None = None) -> None:
-    """The pushed manifest has the base layer plus one layer per model file."""
+def pushed_layers(run: Run) -> list[dict[str, Any]]:
+    """The layer descriptors of the manifest the run pushed (``GET /v2/<repo>/manifests/<tag>``); keeps their
+    count in ``run.layers``."""
     assert run.dst_oci is not None
     repo, _, tag = run.target_ref.partition("/")[2].rpartition(":")
     request = urllib.request.Request(
-        f"http://{run.dst_oci.host}/v2/{repo}/manifests/{tag}",
-        headers={
-            "Accept": "application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json"
-        },
+        f"http://{run.dst_oci.host}/v2/{repo}/manifests/{tag}", headers={"Accept": MANIFEST_TYPES}
     )
     with urllib.request.urlopen(request, timeout=30) as response:
-        manifest = json.load(response)
+        layers: list[dict[str, Any]] = json.load(response).get("layers", [])
+    run.layers = len(layers)
+    return layers
+
+
+def check_oci(run: Run, files: int | None = None) -> None:
+    """The pushed manifest has the base layer plus one layer per model file."""
+    found = len(pushed_layers(run))
     want = 1 + (files if files is not None else len(run.bench.model.files))
-    if len(manifest.get("layers", [])) != want:
-        raise AssertionError(f"{run.target_ref}: {len(manifest.get('layers', []))} layers, expected {want}")
+    if found != want:
+        raise AssertionError(f"{run.target_ref}: {found} layers, expected {want}")
+
+
+def check_oci_budget(run: Run, model: Model, budget: int = OCI_MAX_LAYERS) -> None:
+    """The pushed manifest has at most ``budget`` layers, and the files its model layers list (a layer's title,
+    or a packed layer's ``model-sync.files``) are the model's, when every model layer lists them."""
+    layers = pushed_layers(run)
+    if not 1 < len(layers) <= budget:
+        raise AssertionError(f"{run.target_ref}: {len(layers)} layers, expected 2..{budget} (the layer budget)")
+    listed: list[str] = []
+    for layer in layers[1:]:
+        notes = layer.get("annotations") or {}
+        if "org.opencontainers.image.title" in notes:
+            listed.append(notes["org.opencontainers.image.title"])
+        elif "model-sync.files" in notes:
+            listed += json.loads(notes["model-sync.files"])
+        else:
+            return  # the lists were left out (a manifest too big with them): nothing to compare
+    if sorted(listed) != sorted(model.files):
+        missing, extra = sorted(set(model.files) - set(listed))[:3], sorted(set(listed) - set(model.files))[:3]
+        raise AssertionError(
+            f"{run.target_ref}: the layers' files differ from the model: missing {missing}, extra {extra}"
+        )
 
 
 # --- the table -------------------------------------------------------------------------------------------------
@@ -258,6 +298,43 @@ def all_rows(bench: Bench) -> list[Row]:
             baseline="pvc-oci/model-sync",
             needs=frozenset({"disk"}),
         ),
+        *many_rows(bench),
+    ]
+
+
+def many_rows(bench: Bench) -> list[Row]:
+    """s3 -> oci on the many-files model (under ``s3://models/many/``): model-sync within its layer budget, and
+    the upstream-style pipeline, which makes one layer per file. Opt-in (``--only 's3-oci-many/*'``)."""
+    route = f"s3->oci {MANY_FILES} small files + {LARGE_FILES} shards"
+    needs = frozenset({"many"})
+    return [
+        Row(
+            "s3-oci-many/model-sync",
+            route,
+            "model-sync",
+            "oci",
+            lambda r: model_sync(r, bench.s3_source(MANY_PREFIX), oci_dest(r)),
+            lambda r: check_oci_budget(r, bench.many),
+            needs=needs,
+            opt_in=True,
+        ),
+        Row(
+            "s3-oci-many/upstream",
+            route,
+            "upstream-style (boto3 + olot + skopeo)",
+            "oci",
+            lambda r: upstream_to_oci(
+                work=r.work,
+                files=list(bench.many.files),
+                base_ref=bench.base_image(),
+                target_ref=r.target_ref,
+                s3=(endpoint(bench.source_s3()), SRC_BUCKET, MANY_PREFIX),
+            ),
+            lambda r: check_oci(r, len(bench.many.files)),
+            baseline="s3-oci-many/model-sync",
+            needs=needs,
+            opt_in=True,
+        ),
     ]
 
 
@@ -306,12 +383,15 @@ def with_variants(rows: Sequence[Row], variants: Sequence[str]) -> list[Row]:
                     row.check,
                     row.id,
                     row.needs,
+                    row.opt_in,
                 )
             )
     return out
 
 
 def select(rows: Sequence[Row], only: str) -> list[Row]:
-    """The rows whose id matches one of the comma-separated globs (all when empty)."""
+    """The rows whose id matches one of the comma-separated globs (when empty: all but the opt-in rows)."""
     globs = [g.strip() for g in only.split(",") if g.strip()]
-    return [r for r in rows if not globs or any(fnmatch.fnmatchcase(r.id, g) for g in globs)]
+    if not globs:
+        return [r for r in rows if not r.opt_in]
+    return [r for r in rows if any(fnmatch.fnmatchcase(r.id, g) for g in globs)]

@@ -18,7 +18,9 @@ What it does, all on 127.0.0.1, every server stopped and every temp dir removed 
    cache, starts once the machine is quiet (``--settle``: other users' CPU bursts are the main noise on a shared
    machine), is run again when other work still took more than ``--max-noise`` cores during it (at most
    ``--noise-retries`` times, the quietest run kept), and is checked afterwards (the objects and sizes in S3, the
-   layer count of the pushed manifest).
+   layer count of the pushed manifest, shown in the table). The many-files rows (``s3-oci-many/*``: 2,000 files
+   of 4-64 KiB in nested folders plus 4 shards of 24 MiB, more files than an image's layer budget) are opt-in:
+   ``--only 's3-oci-many/*'`` runs them.
 4. **Measured per run**, each step a process tree sampled every 50 ms: wall seconds; CPU seconds of the tree
    (``wait4``), of each server (its ``/proc`` counters: source S3, destination registry, ...) and of everything
    else on the machine (noise); peak RSS of the tree (the largest sum of VmRSS over its processes at one sample,
@@ -83,7 +85,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--json", type=Path, default=REPO / ".bench" / "results.json", help="where to write the results"
     )
-    parser.add_argument("--only", default="", help="comma-separated globs of row ids, e.g. 's3-oci/*,s3-s3/model-sync'")
+    parser.add_argument(
+        "--only",
+        default="",
+        help="comma-separated globs of row ids, e.g. 's3-oci/*,s3-s3/model-sync' (default: all but s3-oci-many/*)",
+    )
     parser.add_argument("--flat-mib", type=int, default=0, help="also run model-sync s3->oci once at this size (0: no)")
     parser.add_argument("--profile", type=Path, default=None, help="also record each model-sync row with py-spy here")
     parser.add_argument("--work-dir", type=Path, default=None, help="parent of the scratch dir (default: the temp dir)")
@@ -128,6 +134,18 @@ def _disk_needed(args: argparse.Namespace, rows: Sequence[Row]) -> int:
     return size * (1 + 2 * local + 4) + 2 * flat
 
 
+def _many_note(bench: Bench) -> str:
+    """The many-files model in one line, for the report's header."""
+    many = bench.many
+    small = sorted(len(data) for data in many.small.values())
+    folders = len({name.rpartition("/")[0] for name in many.small})
+    return (
+        f"s3->oci many-files rows: {len(many.files)} files, {many.total / MiB:.0f} MiB: {len(small)} of "
+        f"{small[0] / 1024:.0f}-{small[-1] / 1024:.0f} KiB in {folders} folders, {len(many.large)} shards of "
+        f"{max(many.large.values()) / MiB:.0f} MiB"
+    )
+
+
 def precompile() -> None:
     """Byte-compile the venv and ``job``, as the image's pip install does, before anything is timed.
 
@@ -166,8 +184,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         say(f"model-sync bench: {args.size_mib} MiB, {args.runs} run(s), rows: {', '.join(r.id for r in rows)}")
         precompile()
-        bench.setup(set().union(*(r.needs for r in rows)))
-        results = {row.id: RowResult(row, bench.model.total) for row in rows}
+        needs: set[str] = set().union(*(r.needs for r in rows))
+        if any("many" not in r.needs for r in rows):
+            needs.add("model")  # the --size-mib model in the source S3
+        bench.setup(needs)
+        results = {row.id: RowResult(row, bench.model_of(row.needs).total) for row in rows}
         deadline = started + args.max_minutes * 60
         for index in range(args.runs):
             for row in rows:
@@ -197,6 +218,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "seconds": round(time.monotonic() - started, 1),
             "setup_errors": bench.setup_errors,
+            **({"many_model": _many_note(bench)} if "many" in needs else {}),
             "model_sync": model_sync_argv(),
             "revision": job_revision(),
             "versions": tool_versions(),

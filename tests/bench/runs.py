@@ -78,6 +78,7 @@ def execute(bench: Bench, row: Row, index: int, *, wrap: Callable[[Step], Step] 
     reset_skopeo_cache()
     result.settle_wait, result.settle_load = settle(bench.args.settle)
     slug = row.id.replace("/", "-").replace("+", "-")
+    run: Run | None = None
     try:
         with contextlib.ExitStack() as stack:
             work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix=f"{slug}-{index}-", dir=bench.work)))
@@ -99,7 +100,7 @@ def execute(bench: Bench, row: Row, index: int, *, wrap: Callable[[Step], Step] 
                 if wrap is not None:
                     step = wrap(step)
                 before = CpuSnapshot.take()
-                done = run_step(step, watch=[work], timeout=bench.step_timeout)
+                done = run_step(step, watch=[work], timeout=bench.timeout_of(row.needs))
                 _account(done, before, run)
                 result.steps.append(done)
                 if done.returncode != 0:
@@ -113,6 +114,7 @@ def execute(bench: Bench, row: Row, index: int, *, wrap: Callable[[Step], Step] 
     except Exception as exc:  # tests.servers.ServerUnavailable, a failed check, a server's error
         result.error = f"{type(exc).__name__}: {exc}"
     finally:
+        result.layers = run.layers if run is not None else None
         for name in bench.shm.glob(f"model-sync-bench-{os.getpid()}-*.log"):
             name.unlink(missing_ok=True)
     return result

@@ -3,9 +3,11 @@ is started against them.
 
 :meth:`Bench.setup` starts, all on 127.0.0.1, a source SeaweedFS (the model under ``s3://models/m/``), a source CNCF
 distribution (the busybox base image and, for oci -> s3, a modelcar of the model pushed by model-sync), an http
-server (busybox httpd) serving the model as a ``.tar.gz``, and the stand-in the job records into. A piece that
-cannot start (a server helper raises :class:`tests.servers.ServerUnavailable`) is kept in ``setup_errors`` and fails
-only the rows that need it. Every run's fresh destination is started by :func:`tests.bench.runs.execute`.
+server (busybox httpd) serving the model as a ``.tar.gz``, and the stand-in the job records into; for the rows
+that need ``many``, the many-small-files model (:meth:`tests.bench.model.Model.many`) under ``s3://models/many/``.
+A piece that cannot start (a server helper raises :class:`tests.servers.ServerUnavailable`) is kept in
+``setup_errors`` and fails only the rows that need it. Every run's fresh destination is started by
+:func:`tests.bench.runs.execute`.
 """
 
 from __future__ import annotations
@@ -34,9 +36,12 @@ from tests.servers.s3 import S3Server, seaweedfs
 from tests.standin.model_registry import ModelRegistryStandin
 
 SRC_BUCKET, DST_BUCKET = "models", "dst"
-MODEL_PREFIX, BIG_PREFIX, DST_PREFIX = "m/", "big/", "m/"
+MODEL_PREFIX, BIG_PREFIX, MANY_PREFIX, DST_PREFIX = "m/", "big/", "many/", "m/"
 SOURCE_IMAGE = "models/source:v1"
 SKOPEO_CACHE = Path("/var/lib/containers/cache/blob-info-cache-v1.boltdb")
+MANY_STEP_TIMEOUT = 900.0
+"""A step's limit on the many-files model: skopeo 1.9's copy grows faster than its layer count (oci -> dir of an
+olot layout: 5.4 CPU-s at 250 layers, 16.5 at 500), and pushing 2,005 layers takes it minutes on 2 cores."""
 
 
 def say(text: str) -> None:
@@ -111,7 +116,8 @@ class Bench:
     def __init__(self, args: argparse.Namespace, work: Path, stack: contextlib.ExitStack) -> None:
         self.args, self.work, self.stack = args, work, stack
         self.model = Model.make(args.size_mib)
-        self.step_timeout = 60.0 + 150.0 * args.size_mib / 1024
+        self._many: Model | None = None
+        self.step_timeout: float = 60.0 + 150.0 * args.size_mib / 1024
         self.src_s3: S3Server | None = None
         self.src_oci: Registry | None = None
         self.standin: ModelRegistryStandin | None = None
@@ -122,10 +128,16 @@ class Bench:
     # -- setup ---------------------------------------------------------------------------------------------
 
     def setup(self, needs: set[str]) -> None:
-        """Start the servers and put the model where rows with these ``needs`` read it; failures are kept per piece."""
+        """Start the servers and put the model where rows with these ``needs`` read it; failures are kept per piece.
+
+        ``model``: the ``--size-mib`` model in the source S3 (every row but the many-files ones); ``many``: the
+        many-small-files model there.
+        """
         started = time.monotonic()
         self.standin = self.stack.enter_context(ModelRegistryStandin())
         self._try("s3", lambda: self._setup_s3(needs))
+        if "many" in needs and "s3" not in self.setup_errors:
+            self._try("many", self._setup_many)
         self._try("registry", self._setup_registry)
         if "targz" in needs and self.model.root is not None:
             self._try("targz", self._setup_targz)
@@ -149,9 +161,19 @@ class Bench:
                 f"model: {self.model.total / MiB:.0f} MiB, {len(self.model.files)} files, written in {time.monotonic() - t:.1f} s"
             )
         self.src_s3 = quietly(seaweedfs(buckets=(SRC_BUCKET,)), self.stack)
+        if "model" in needs:
+            t = time.monotonic()
+            self.model.upload(self.src_s3.client(timeout=120), SRC_BUCKET, MODEL_PREFIX)
+            say(f"model uploaded to s3://{SRC_BUCKET}/{MODEL_PREFIX} in {time.monotonic() - t:.1f} s")
+
+    def _setup_many(self) -> None:
+        assert self.src_s3 is not None
         t = time.monotonic()
-        self.model.upload(self.src_s3.client(timeout=120), SRC_BUCKET, MODEL_PREFIX)
-        say(f"model uploaded to s3://{SRC_BUCKET}/{MODEL_PREFIX} in {time.monotonic() - t:.1f} s")
+        self.many.upload(self.src_s3.client(timeout=120), SRC_BUCKET, MANY_PREFIX)
+        say(
+            f"many-files model: {self.many.total / MiB:.0f} MiB, {len(self.many.files)} files, uploaded to "
+            f"s3://{SRC_BUCKET}/{MANY_PREFIX} in {time.monotonic() - t:.1f} s"
+        )
 
     def _setup_registry(self) -> None:
         self.src_oci = quietly(distribution("plain"), self.stack)
@@ -185,6 +207,21 @@ class Bench:
         if result.returncode != 0:
             raise RuntimeError(f"model-sync pvc->oci exited {result.returncode}: {result.tail[-1500:]}")
         say(f"source modelcar {self.src_oci.host}/{SOURCE_IMAGE} pushed in {result.wall:.1f} s")
+
+    @property
+    def many(self) -> Model:
+        """The many-small-files model (built on first use: its small files' bytes are held in memory)."""
+        if self._many is None:
+            self._many = Model.many()
+        return self._many
+
+    def model_of(self, needs: frozenset[str]) -> Model:
+        """The model a row with these ``needs`` syncs."""
+        return self.many if "many" in needs else self.model
+
+    def timeout_of(self, needs: frozenset[str]) -> float:
+        """Seconds a step of a row with these ``needs`` may take: ``MANY_STEP_TIMEOUT`` for the many-files rows."""
+        return MANY_STEP_TIMEOUT if "many" in needs else self.step_timeout
 
     # -- model-sync ------------------------------------------------------------------------------------------
 
@@ -231,6 +268,9 @@ class Bench:
     # -- sources and the pieces rows use -------------------------------------------------------------------------
 
     def s3_source(self, prefix: str = MODEL_PREFIX) -> dict[str, str]:
+        self.need("s3")
+        if prefix == MANY_PREFIX:
+            self.need("many")
         assert self.src_s3 is not None
         return {
             "MODEL_SYNC_SOURCE_TYPE": "s3",
@@ -240,7 +280,8 @@ class Bench:
         }
 
     def need(self, what: str) -> None:
-        """Raise the setup error of ``what`` (``s3``, ``registry``, ``targz``, ``image``) if its setup failed."""
+        """Raise the setup error of ``what`` (``s3``, ``many``, ``registry``, ``targz``, ``image``) if its setup
+        failed."""
         if what in self.setup_errors:
             raise RuntimeError(self.setup_errors[what])
 
