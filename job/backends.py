@@ -78,6 +78,7 @@ def _oci_destination(location: OciLocation, config: JobConfig) -> Destination:
         max_connections=2 * config.parallel_files + 4,
         retry=config.retry,
         max_layers=location.max_layers,
+        reserved_layers=1 if config.signing else 0,  # model.sig
     )
 
 

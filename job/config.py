@@ -24,6 +24,7 @@ from job.settings.credentials import DockerConfig, header_value, read_docker_con
 from job.settings.layers import registry_host
 from job.settings.names import DEFAULT_METADATA_PATH, Intent, setting_name
 from job.settings.registry import RegistryConfig, registry_config
+from job.settings.signing import SigningConfig, signing_config
 
 # ---------------------------------------------------------------------------------------------
 # The typed view the rest of the job uses
@@ -122,6 +123,8 @@ class JobConfig:
     """Retry budget and network timeouts, for every client."""
     stop_timeout: float = 8.0
     """Seconds from SIGTERM to exit."""
+    signing: SigningConfig | None = None
+    """How to sign the model (``job.signing``); None: not signed."""
 
 
 def _globs(value: str | None) -> tuple[str, ...]:
@@ -304,4 +307,5 @@ def build_job_config(settings: Settings, environ: Mapping[str, str] | None = Non
         exclude=_globs(settings.source_exclude),
         retry=retry_settings(settings),
         stop_timeout=settings.stop_timeout,
+        signing=signing_config(settings),
     )

@@ -56,6 +56,8 @@ MARKER_JOB_ID = "model_sync.job_id"
 """Custom property on every entity a job creates (and on artifacts it updates): the job id."""
 MARKER_DIGEST = "model_sync.digest"
 """Custom property on the artifact: the OCI manifest digest of what was pushed (absent for S3)."""
+MARKER_SIGNATURE = "model_sync.signature"
+"""Custom property on the artifact: ``sha256:`` of the model's ``model.sig`` when the run signed it."""
 MARKER_PREVIOUS_STATE = "model_sync.previous_state"
 """Custom property on an artifact while it is PENDING: the state to restore if the job fails."""
 
@@ -119,6 +121,16 @@ class IntentResult:
         if self.digest:
             message["digest"] = self.digest
         return message
+
+
+def _result_properties(committed: Committed) -> dict[str, Any]:
+    """The custom properties that describe what was written: the OCI digest, the signature's sha256."""
+    properties = {}
+    if committed.digest:
+        properties[MARKER_DIGEST] = _string(committed.digest)
+    if committed.signature:
+        properties[MARKER_SIGNATURE] = _string(committed.signature)
+    return properties
 
 
 def _pick(given: str | None, from_map: str | None, setting: str, key: str) -> str | None:
@@ -250,8 +262,8 @@ async def _update_artifact(
         committed = await transfer()
         live = {**props, **_job_marker(spec.job_id)}
         live.pop(MARKER_DIGEST, None)  # a digest from an earlier push would now be wrong
-        if committed.digest:
-            live[MARKER_DIGEST] = _string(committed.digest)
+        live.pop(MARKER_SIGNATURE, None)
+        live.update(_result_properties(committed))
         update: dict[str, Any] = {"uri": committed.uri, "customProperties": live}
         if committed.storage_path:
             update["storagePath"] = committed.storage_path  # the old one named the previous location
@@ -357,9 +369,7 @@ async def _create(
     body.update(name=artifact_name, uri=committed.uri)
     if committed.storage_path and not body.get("storagePath"):
         body["storagePath"] = committed.storage_path
-    body["customProperties"] = {**body.get("customProperties", {}), **marker}
-    if committed.digest:
-        body["customProperties"][MARKER_DIGEST] = _string(committed.digest)
+    body["customProperties"] = {**body.get("customProperties", {}), **marker, **_result_properties(committed)}
     if artifact is None:
         artifact = await registry.create_model_artifact(version["id"], {**body, "state": "LIVE"})
     else:  # ours, from an earlier attempt: bring it up to date (the client drops the name from the PATCH)

@@ -81,6 +81,8 @@ class Committed:
     storage_path: str | None = None
     """The artifact's ``storagePath`` where a serving layer needs it beside a storage key (the key prefix of
     an S3 destination, as ModelMesh's ``storage: {key, path}`` takes it); ``None`` where the uri says all."""
+    signature: str | None = None
+    """``sha256:`` of the ``model.sig`` a signed run wrote; ``None`` when the run did not sign."""
 
 
 def safe_relative_path(raw: str, *, what: str = "path") -> PurePosixPath:

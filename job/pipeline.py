@@ -102,8 +102,12 @@ async def move_model(
     """Create the backends and stream every file from source to destination."""
     source = source_factory(plan.config)
     destination = destination_factory(plan.config)
-    result = await transfer(source, destination, plan.transfer_settings, progress=ProgressReporter())
-    return result
+    epilogue = None
+    if plan.config.signing is not None:
+        from job.signing.epilogue import ModelSigner
+
+        epilogue = ModelSigner(plan.config.signing)
+    return await transfer(source, destination, plan.transfer_settings, progress=ProgressReporter(), epilogue=epilogue)
 
 
 async def sync(

@@ -55,7 +55,7 @@ class CheckedStream:
       :class:`IntegrityError` instead;
     * ``StopAsyncIteration`` comes only after the size (and a listed ``sha256:`` digest) checked out;
       a short read raises :class:`IntegrityError` instead of ending; the bytes are hashed only when
-      the source listed such a digest (``sha256`` is ``None`` otherwise);
+      the source listed such a digest or ``hash_all`` asks (a signed run), ``sha256`` is ``None`` otherwise;
     * an error raised by the source iterator arrives as :class:`SourceError` ("reading <path> from the
       source: <cause>"), with the original as ``__cause__``; a ``ModelSyncError`` the source raised
       arrives as it is. After an error every further ``__anext__`` raises the same error.
@@ -73,6 +73,7 @@ class CheckedStream:
         chunks: AsyncIterator[bytes],
         *,
         on_chunk: Callable[[int], None] | None = None,
+        hash_all: bool = False,
     ) -> None:
         self.obj = obj
         self.path = str(obj.path)
@@ -85,7 +86,7 @@ class CheckedStream:
         self._next = chunks.__anext__
         digest = (obj.digest or "").lower()
         self._listed = digest if digest.startswith("sha256:") else None
-        self._hash = hashlib.sha256() if self._listed is not None else None
+        self._hash = hashlib.sha256() if self._listed is not None or hash_all else None
         self._limit = obj.size
         self._on_chunk = on_chunk
 

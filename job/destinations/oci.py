@@ -67,6 +67,7 @@ from job.oci.modelcar import (
 )
 from job.oci.protocol import OCI_INDEX, OCI_MANIFEST
 from job.oci.reference import parse_reference
+from job.oci.referrers import attach_referrer
 from job.oci.upload import UploadSession, sha256_digest
 from job.retry import RetrySettings
 from job.streams import aiter_file, describe, spool
@@ -91,10 +92,13 @@ class OciDestination:
         max_connections: int = 16,
         retry: RetrySettings | None = None,
         max_layers: int = DEFAULT_MAX_LAYERS,
+        reserved_layers: int = 0,
     ) -> None:
         if not 1 < max_layers <= MAX_LAYERS_LIMIT:
             raise ConfigError(f"the image's layer budget must be 2..{MAX_LAYERS_LIMIT}, got {max_layers}")
         self.max_layers = max_layers
+        self.reserved_layers = reserved_layers
+        """Layers kept free for files written after the model's (a signed run's ``model.sig``)."""
         self.location = location
         self.target = parse_reference(location.reference)
         if self.target.digest is not None or self.target.tag is None:
@@ -104,17 +108,8 @@ class OciDestination:
         self.base_ref = parse_reference(location.base_image or DEFAULT_BASE_IMAGE)
         self.storage_path = storage_path
         self.chunk_size = location.chunk_size
-        self.client = OciClient(
-            self.target.api_host,
-            username=location.username,
-            password=location.password,
-            tls_verify=location.tls_verify,
-            ca_bundle=location.ca_bundle,
-            cert_dir=location.cert_dir,
-            cert_names=(self.target.registry,),
-            side="destination",
-            max_connections=max_connections,
-            retry=retry,
+        self.client = OciClient.for_image(
+            location, self.target, side="destination", max_connections=max_connections, retry=retry
         )
         self.same_registry = self.base_ref.api_host == self.target.api_host
         if self.same_registry:
@@ -122,15 +117,11 @@ class OciDestination:
         else:
             # Another registry: its login from the docker config, if any; the destination's TLS settings.
             login = location.docker_config.lookup(self.base_ref.registry) if location.docker_config else None
-            self.base_client = OciClient(
-                self.base_ref.api_host,
-                username=login.username if login else None,
-                password=login.password if login else None,
-                tls_verify=location.tls_verify,
-                ca_bundle=location.ca_bundle,
-                cert_dir=location.cert_dir,
-                cert_names=(self.base_ref.registry,),
+            self.base_client = OciClient.for_image(
+                location,
+                self.base_ref,
                 side="destination",
+                login=(login.username, login.password) if login else (None, None),
                 retry=retry,
             )
         self._base: BaseImage | None = None
@@ -139,6 +130,8 @@ class OciDestination:
         self._base_lock = asyncio.Lock()
         self._copy_task: asyncio.Task[None] | None = None
         self._sessions: set[UploadSession] = set()
+        self.subject: dict[str, Any] | None = None
+        """The descriptor of what ``commit`` pushed under the tag (the subject of referrers)."""
 
     @property
     def uri(self) -> str:
@@ -235,7 +228,7 @@ class OciDestination:
         base_layers = base.most_layers
         unknown = [[o] for o in objects if o.size is None]  # spooled, each alone (rare: http, no length)
         known = [o for o in objects if o.size is not None]
-        budget = self.max_layers - base_layers - len(unknown)
+        budget = self.max_layers - base_layers - len(unknown) - self.reserved_layers
         if (budget < 1 and known) or budget < 0:
             raise ConfigError(
                 f"MODEL_SYNC_DESTINATION_OCI_MAX_LAYERS={self.max_layers}: the base image {base.reference} has "
@@ -345,11 +338,18 @@ class OciDestination:
                 pushed.append((platform.entry, digest, len(manifest)))
             else:
                 digest = await self.client.put_manifest(repo, tag, manifest, OCI_MANIFEST)
+                self.subject = {"mediaType": OCI_MANIFEST, "digest": digest, "size": len(manifest)}
         if base.is_index:
             index = modelcar_index(base.top.json(), pushed, annotations)
             digest = await self.client.put_manifest(repo, tag, index, OCI_INDEX)
+            self.subject = {"mediaType": OCI_INDEX, "digest": digest, "size": len(index)}
         log.info("pushed %s (%s), %d model layers", self.uri, digest, len(layers))
         return Committed(uri=self.uri, digest=digest)
+
+    async def attach(self, artifact_type: str, blob: bytes, title: str) -> str:
+        """After ``commit``: push ``blob`` as an OCI referrer of the pushed image (by digest); its digest."""
+        assert self.subject is not None, "attach() follows commit()"
+        return await attach_referrer(self.client, self.target.repository, self.subject, artifact_type, blob, title)
 
     async def abort(self) -> None:
         """Stop the base copy and cancel open upload sessions; never raises."""

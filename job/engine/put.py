@@ -29,12 +29,20 @@ async def put_group(
     group: Sequence[ObjectInfo],
     progress: ProgressReporter,
     retry: RetrySettings,
+    *,
+    hash_all: bool = False,
 ) -> list[Uploaded]:
-    """One group: skipped when the destination already has it, else put, and put again while retryable."""
+    """One group: skipped when the destination already has it, else put, and put again while retryable.
+
+    ``hash_all``: every file's sha256 is needed (a signed run): a file found at the destination without
+    one is sent again rather than skipped, and every stream is hashed."""
     what = str(group[0].path) if len(group) == 1 else f"{len(group)} files from {group[0].path}"
     found = await (destination.lookup(group[0]) if len(group) == 1 else destination.lookup_group(group))
     if found is not None:
         found = [found] if isinstance(found, Uploaded) else found
+        if hash_all and any(one.sha256 is None for one in found):
+            found = None  # its digest is needed and only reading it tells
+    if found is not None:
         if len(found) != len(group):
             raise IntegrityError(f"writing {what}: the destination found {len(found)} results for {len(group)} files")
         for obj, one in zip(group, found, strict=True):
@@ -48,8 +56,8 @@ async def put_group(
     async for attempt in retry.policy(attempts=retry.file_attempts, before_sleep=before_sleep):
         with attempt:
             if len(group) == 1:
-                return [await _put_attempt(source, destination, group[0], progress, retry)]
-            return await _put_group_attempt(source, destination, group, progress, retry)
+                return [await _put_attempt(source, destination, group[0], progress, retry, hash_all)]
+            return await _put_group_attempt(source, destination, group, progress, retry, hash_all)
     raise AssertionError("unreachable: the retry policy re-raises")  # pragma: no cover
 
 
@@ -76,7 +84,12 @@ def _checked(uploaded: Uploaded, stream: CheckedStream) -> Uploaded:
 
 
 async def _put_attempt(
-    source: Source, destination: Destination, obj: ObjectInfo, progress: ProgressReporter, retry: RetrySettings
+    source: Source,
+    destination: Destination,
+    obj: ObjectInfo,
+    progress: ProgressReporter,
+    retry: RetrySettings,
+    hash_all: bool,
 ) -> Uploaded:
     log.debug("putting %s (%s bytes)", obj.path, obj.size)
     reader = SourceReader(source, obj, retry)
@@ -84,7 +97,7 @@ async def _put_attempt(
     read_to_end = False
     try:
         await reader.start()
-        stream = CheckedStream(obj, reader, on_chunk=progress.advance)
+        stream = CheckedStream(obj, reader, on_chunk=progress.advance, hash_all=hash_all)
         try:
             uploaded = await destination.put(obj, stream)
         except Exception:
@@ -115,6 +128,7 @@ async def _put_group_attempt(
     group: Sequence[ObjectInfo],
     progress: ProgressReporter,
     retry: RetrySettings,
+    hash_all: bool,
 ) -> list[Uploaded]:
     """One try of a group: its files are opened one after the other, as ``put_group`` takes them."""
     log.debug("putting %d files from %s", len(group), group[0].path)
@@ -128,7 +142,7 @@ async def _put_group_attempt(
                 reader = SourceReader(source, obj, retry)
                 open_reader[:] = [reader]
                 await reader.start()
-                stream = CheckedStream(obj, reader, on_chunk=progress.advance)
+                stream = CheckedStream(obj, reader, on_chunk=progress.advance, hash_all=hash_all)
                 streams.append(stream)
                 yield obj, stream
                 await stream.finish()  # the destination took the next file: this one must be whole

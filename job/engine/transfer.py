@@ -34,18 +34,20 @@ the error that matters.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import PurePosixPath
+from typing import Protocol
 
 from job.cleanup import run_to_end
 from job.destinations.base import Destination
 from job.engine.progress import ProgressReporter
 from job.engine.put import put_group
 from job.engine.resume import open_source
-from job.errors import ConfigError, ModelSyncError, SourceError
+from job.errors import ConfigError, IntegrityError, ModelSyncError, SourceError
 from job.model import Committed, ObjectInfo, Uploaded, safe_relative_path
 from job.retry import RetrySettings
 from job.sources.base import Source
@@ -90,6 +92,25 @@ class TransferSettings:
             raise ConfigError(f"transfer setting parallel_files must be >= 1, got {self.parallel_files}")
         if self.progress_interval <= 0 or self.cleanup_timeout <= 0 or self.stop_cleanup_timeout <= 0:
             raise ConfigError("transfer settings progress_interval and the cleanup timeouts must be > 0")
+
+
+class Epilogue(Protocol):
+    """What a run adds to the model once its files are written (``job.signing``: the signature)."""
+
+    hash_all: bool
+    """Every file's sha256 is needed: each stream is hashed, and a file found without one is sent again."""
+
+    def listing(self, objects: Sequence[ObjectInfo]) -> list[ObjectInfo]:
+        """The listing to move (a file the epilogue will write itself is left out)."""
+        ...
+
+    async def files(self, uploaded: Sequence[Uploaded]) -> Sequence[tuple[ObjectInfo, bytes]]:
+        """Files to write after the model's own, before the commit."""
+        ...
+
+    async def committed(self, destination: Destination, committed: Committed) -> Committed:
+        """After the commit: attach what the destination allows (an OCI referrer); the result to record."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +159,7 @@ async def _put_all(
     objects: Sequence[ObjectInfo],
     settings: TransferSettings,
     progress: ProgressReporter,
+    hash_all: bool,
 ) -> list[Uploaded]:
     groups = await _plan(destination, objects)
     position = {obj.path: i for i, obj in enumerate(objects)}
@@ -148,7 +170,7 @@ async def _put_all(
     async def worker() -> None:
         for group in todo:
             try:
-                done = await put_group(source, destination, group, progress, settings.retry)
+                done = await put_group(source, destination, group, progress, settings.retry, hash_all=hash_all)
                 for obj, one in zip(group, done, strict=True):
                     results[position[obj.path]] = one
             except Exception as exc:
@@ -224,6 +246,24 @@ async def _list_all(source: Source, max_files: int) -> list[ObjectInfo]:
     return objects
 
 
+async def _put_bytes(destination: Destination, obj: ObjectInfo, data: bytes, retry: RetrySettings) -> Uploaded:
+    """Write one small file the run made itself (a signature), retried like any file."""
+
+    async def once() -> AsyncIterator[bytes]:
+        yield data
+
+    sha256 = "sha256:" + hashlib.sha256(data).hexdigest()
+    async for attempt in retry.policy(attempts=retry.file_attempts):
+        with attempt:
+            uploaded = await destination.put(obj, once())
+            if uploaded.size != len(data):
+                raise IntegrityError(
+                    f"writing {obj.path}: the destination reports {uploaded.size} of {len(data)} bytes"
+                )
+            return replace(uploaded, sha256=sha256)
+    raise AssertionError("unreachable: the retry policy re-raises")  # pragma: no cover
+
+
 class _Budget:
     """Seconds for each cleanup step: ``each`` per step, or what is left of one ``shared`` allowance."""
 
@@ -243,8 +283,12 @@ async def transfer(
     settings: TransferSettings,
     *,
     progress: ProgressReporter | None = None,
+    epilogue: Epilogue | None = None,
 ) -> TransferResult:
     """Move every file of ``source`` into ``destination`` and commit them as one model.
+
+    ``epilogue`` (a signed run): it filters the listing, its files (the signature, made from the files'
+    digests) are written after the model's and before the commit, and it sees the commit.
 
     Raises the first error as it is: ``SourceError`` for listing/opening/reading, the destination's
     ``DestinationError``, ``IntegrityError`` for a size or digest that does not match; re-raises
@@ -259,14 +303,22 @@ async def transfer(
     try:
         try:
             objects = await _list_all(source, settings.max_files)
+            if epilogue is not None:
+                objects = epilogue.listing(objects)
             total = None if any(o.size is None for o in objects) else sum(o.size or 0 for o in objects)
             reporter.start(files=len(objects), total_bytes=total, interval=settings.progress_interval)
             ticker = asyncio.create_task(reporter.run_ticker(), name="progress-ticker")
             try:
-                uploaded = await _put_all(source, destination, objects, settings, reporter)
+                hash_all = epilogue is not None and epilogue.hash_all
+                uploaded = await _put_all(source, destination, objects, settings, reporter, hash_all)
             finally:
                 ticker.cancel()
+            if epilogue is not None:
+                for obj, data in await epilogue.files(uploaded):
+                    uploaded.append(await _put_bytes(destination, obj, data, settings.retry))
             committed = await destination.commit(uploaded)
+            if epilogue is not None:
+                committed = await epilogue.committed(destination, committed)
         except BaseException as exc:
             if isinstance(exc, asyncio.CancelledError):
                 budget = _Budget(settings.cleanup_timeout, shared=settings.stop_cleanup_timeout)

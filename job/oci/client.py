@@ -27,9 +27,14 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from pydantic import SecretStr
+
+from job.config import OciLocation
 from job.errors import IntegrityError
-from job.oci.protocol import MANIFEST_ACCEPT, Scopes
+from job.oci.protocol import MANIFEST_ACCEPT, Scopes, Side
+from job.oci.reference import ImageReference
 from job.oci.upload import OciUploads, sha256_digest
+from job.retry import RetrySettings
 
 __all__ = ["Manifest", "OciClient"]
 
@@ -63,6 +68,33 @@ class OciClient(OciUploads):
     auth and error mapping from :class:`~job.oci.transport.OciTransport` (``side`` decides which errors are
     raised). Close with :meth:`aclose`.
     """
+
+    @classmethod
+    def for_image(
+        cls,
+        location: OciLocation,
+        image: ImageReference,
+        *,
+        side: Side,
+        login: tuple[str | None, SecretStr | None] | None = None,
+        max_connections: int = 16,
+        retry: RetrySettings | None = None,
+    ) -> OciClient:
+        """A client for ``image``'s registry with ``location``'s TLS settings and certs.d directory, and its
+        login (or ``login``: a base image's, from another registry)."""
+        username, password = login if login is not None else (location.username, location.password)
+        return cls(
+            image.api_host,
+            username=username,
+            password=password,
+            tls_verify=location.tls_verify,
+            ca_bundle=location.ca_bundle,
+            cert_dir=location.cert_dir,
+            cert_names=(image.registry,),
+            side=side,
+            max_connections=max_connections,
+            retry=retry,
+        )
 
     # --- blobs ----------------------------------------------------------------------------------
 
@@ -160,6 +192,20 @@ class OciClient(OciUploads):
             content=data,
         )
         return sha256_digest(data)
+
+    async def put_referrer(self, repository: str, digest: str, data: bytes, media_type: str) -> bool:
+        """PUT a manifest that has a ``subject``, by its digest; True when the registry indexed the subject
+        itself (it answered with ``OCI-Subject``), False when the caller must update the fallback tag."""
+        response = await self._request(
+            "PUT",
+            f"/v2/{repository}/manifests/{digest}",
+            scopes=Scopes.push(repository),
+            what=f"pushing referrer {self.registry}/{repository}@{digest}",
+            expect=(200, 201),
+            headers={"Content-Type": media_type},
+            content=data,
+        )
+        return "OCI-Subject" in response.headers
 
 
 async def _window(body: AsyncIterator[bytes], start: int, end: int | None) -> AsyncIterator[bytes]:

@@ -257,6 +257,19 @@ class Settings(BaseSettings):
         "(keep it under the pod's terminationGracePeriodSeconds).",
     )
 
+    # --- signing (OpenSSF model signing: job.signing) ---
+    sign: bool | None = Field(None, description="Sign the model (model.sig); unset: on when a signing key is set, "
+                              "or when SIGSTORE_TUF_URL, SIGSTORE_FULCIO_URL and SIGSTORE_REKOR_URL all are.")  # fmt: skip
+    signing_key_path: Path | None = Field(None, description="PEM elliptic-curve private key: sign with it.")
+    signing_certificate_path: Path | None = Field(None, description="With the key: its signing certificate.")
+    signing_certificate_chain_path: Path | None = Field(None, description="With the certificate: its chain (PEM).")
+    signing_identity_token_path: Path | None = Field(None, description="Keyless: the OIDC token (default: the pod's "
+                                                     "service-account token).")  # fmt: skip
+    sigstore_tuf_url: str | None = Field(None, description="Keyless: the private Sigstore's TUF repository.")
+    sigstore_fulcio_url: str | None = Field(None, description="Keyless: its Fulcio (certificates).")
+    sigstore_rekor_url: str | None = Field(None, description="Keyless: its Rekor (transparency log).")
+    sigstore_tsa_url: str | None = Field(None, description="Keyless: its timestamp authority (optional).")
+
     # --- logs and Kubernetes ---
     log_level: str = Field("INFO", description="Log level: DEBUG, INFO, WARNING, ERROR.")
     log_format: Literal["text", "json"] = Field("text", description="text for people, json for log pipelines.")

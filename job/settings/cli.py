@@ -39,6 +39,21 @@ class _HelpFormatter(argparse.HelpFormatter):
         return "VALUE"
 
 
+BARE_FLAGS = ("--sign",)
+"""Upstream's tri-state flags: ``--sign`` alone means ``--sign true``."""
+
+
+def bare_flags(argv: Sequence[str]) -> list[str]:
+    """``argv`` with ``true`` after a bare :data:`BARE_FLAGS` flag (one followed by no value)."""
+    out: list[str] = []
+    for n, arg in enumerate(argv):
+        out.append(arg)
+        following = argv[n + 1] if n + 1 < len(argv) else None
+        if arg in BARE_FLAGS and (following is None or following.startswith("--")):
+            out.append("true")
+    return out
+
+
 def cli_values(settings_cls: type[BaseSettings], argv: Sequence[str]) -> dict[str, Any]:
     """The settings given as ``--kebab-case`` args (those not given are left out)."""
     parser = _ArgumentParser(
@@ -49,6 +64,6 @@ def cli_values(settings_cls: type[BaseSettings], argv: Sequence[str]) -> dict[st
         formatter_class=_HelpFormatter,
     )
     cli: CliSettingsSource[argparse.ArgumentParser] = CliSettingsSource(
-        settings_cls, root_parser=parser, cli_parse_args=list(argv), cli_kebab_case=True, cli_implicit_flags=False
+        settings_cls, root_parser=parser, cli_parse_args=bare_flags(argv), cli_kebab_case=True, cli_implicit_flags=False
     )
     return {k: v for k, v in cli().items() if v is not None}

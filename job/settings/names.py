@@ -13,7 +13,14 @@ DEFAULT_SA_TOKEN_PATH = Path("/var/run/secrets/kubernetes.io/serviceaccount/toke
 DEFAULT_USER_TOKEN_ENVVAR = "KF_PIPELINES_SA_TOKEN_PATH"  # noqa: S105 - a name, not a token
 
 # Fields whose env var does not carry the MODEL_SYNC_ prefix (Kubernetes' own names).
-_UNPREFIXED_ENV = {"termination_message_path": "TERMINATION_MESSAGE_PATH"}
+_UNPREFIXED_ENV = {
+    "termination_message_path": "TERMINATION_MESSAGE_PATH",
+    # Upstream's (kubeflow/hub async-upload) names for a private Sigstore instance.
+    "sigstore_tuf_url": "SIGSTORE_TUF_URL",
+    "sigstore_fulcio_url": "SIGSTORE_FULCIO_URL",
+    "sigstore_rekor_url": "SIGSTORE_REKOR_URL",
+    "sigstore_tsa_url": "SIGSTORE_TSA_URL",
+}
 
 
 def env_name(field: str) -> str:

@@ -123,17 +123,8 @@ class OciSource:
         self.ref = parse_reference(location.reference)
         self.platform = location.platform or default_platform()
         self.uri = f"oci://{self.ref}"
-        self.client = OciClient(
-            self.ref.api_host,
-            username=location.username,
-            password=location.password,
-            tls_verify=location.tls_verify,
-            ca_bundle=location.ca_bundle,
-            cert_dir=location.cert_dir,
-            cert_names=(self.ref.registry,),
-            side="source",
-            max_connections=max_connections,
-            retry=retry,
+        self.client = OciClient.for_image(
+            location, self.ref, side="source", max_connections=max_connections, retry=retry
         )
         self._layers: builtins.list[_Layer] = []
         self._files: dict[PurePosixPath, FileLocation] = {}

@@ -21,7 +21,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("protocols and formats", ("job.http", "job.s3", "job.oci", "job.model_registry", "job.formats")),
     ("backends", ("job.sources", "job.destinations")),
     ("engine", ("job.engine",)),
-    ("intents and the pipeline", ("job.intents", "job.backends", "job.pipeline", "job.serving")),
+    ("intents and the pipeline", ("job.intents", "job.backends", "job.signing", "job.pipeline", "job.serving")),
     ("entry points", ("job.__main__", "job.entrypoint", "job")),
 ]
 
