@@ -207,3 +207,35 @@ def test_bad_signing_settings_exit_2_before_any_connection(
     assert needle in run.message
     assert len(registry_standin.requests) == before
     assert "PRIVATE KEY" not in run.output
+
+
+async def test_a_signing_failure_after_the_transfer_aborts_and_leaves_nothing_pending(
+    keys: dict[str, Path],
+    registry_standin: ModelRegistryStandin,
+    registry_plain: Registry,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import job.signing.epilogue
+    from job.config import build_job_config
+    from job.errors import ModelSyncError
+    from job.pipeline import plan_job, sync
+    from job.settings.chain import load_settings
+
+    def broken(*_: object) -> bytes:
+        raise ModelSyncError("signing the model (key method): the signer broke")
+
+    monkeypatch.setattr(job.signing.epilogue, "sign_digests", broken)
+    model = write_tree(tmp_path / "model", MODEL)
+    artifact = update_artifact_env(registry_standin.api_url)["MODEL_SYNC_MODEL_ARTIFACT_ID"]
+    reference = f"{registry_plain.host}/signed/broken:1"
+    argv = ["--registry-server-address", registry_standin.url, "--model-upload-intent", "update_artifact",
+            "--model-artifact-id", artifact, "--source-type", "pvc", "--source-path", str(model),
+            "--destination-type", "oci", "--destination-oci-uri", reference,
+            "--destination-oci-base-image", registry_plain.base, "--destination-oci-enable-tls-verify", "false",
+            "--signing-key-path", str(keys["key"])]  # fmt: skip
+    with pytest.raises(ModelSyncError, match="the signer broke"):
+        await sync(plan_job(build_job_config(load_settings(argv), {})))
+    assert get_artifact(registry_standin.api_url, artifact)["state"] == "ABANDONED"  # had no uri: not PENDING
+    tag = httpx.get(f"http://{registry_plain.host}/v2/signed/broken/manifests/1", timeout=30)
+    assert tag.status_code == 404  # nothing committed under the tag
