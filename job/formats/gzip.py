@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import zlib
 from collections.abc import AsyncGenerator, AsyncIterator
 
+import job.deflate as deflate
 from job.errors import SourceError
 
 __all__ = ["GZIP_MAGIC", "PIECE", "inflate"]
@@ -25,7 +25,7 @@ async def inflate(
     ``Content-Encoding: gzip``). Otherwise it is a ``SourceError``, as is corrupt or truncated data; ``what``
     starts each message.
     """
-    decoder = zlib.decompressobj(wbits=31)
+    decoder = deflate.decompressobj(wbits=31)
     fed = False
     plain: bool | None = None
     try:
@@ -43,7 +43,7 @@ async def inflate(
                     yield out
                 if decoder.eof:
                     data = decoder.unused_data
-                    decoder, fed = zlib.decompressobj(wbits=31), False
+                    decoder, fed = deflate.decompressobj(wbits=31), False
                     if not data.strip(b"\0"):
                         break  # zero padding after the last member
                     continue
@@ -52,7 +52,7 @@ async def inflate(
                     out = decoder.decompress(b"", PIECE)
                     if out:
                         yield out
-    except zlib.error as exc:
+    except deflate.error as exc:
         raise SourceError(f"{what}: it is not valid gzip data ({exc})") from exc
     if fed and not decoder.eof:
         raise SourceError(f"{what}: the gzip stream ends early")

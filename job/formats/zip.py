@@ -10,12 +10,12 @@ from __future__ import annotations
 import asyncio
 import stat
 import struct
-import zlib
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import AbstractAsyncContextManager, aclosing, asynccontextmanager
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
+import job.deflate as deflate
 from job.errors import IntegrityError, SourceError
 from job.formats.gzip import PIECE as OUT_LIMIT
 from job.formats.tar import MAX_META
@@ -187,7 +187,7 @@ class _Crc:
         self.skip = skip
 
     def take(self, data: bytes) -> bytes:
-        self.crc = zlib.crc32(data, self.crc)
+        self.crc = deflate.crc32(data, self.crc)
         self.total += len(data)
         if self.skip:
             cut = min(self.skip, len(data))
@@ -201,7 +201,7 @@ async def _unzip(raw: AsyncIterator[bytes], e: ZipEntry, offset: int, where: str
         async for chunk in raw:
             yield crc.take(chunk)
     else:
-        d = zlib.decompressobj(-zlib.MAX_WBITS)
+        d = deflate.decompressobj(-deflate.MAX_WBITS)
         try:
             async for data in raw:
                 while data and not d.eof:
@@ -211,7 +211,7 @@ async def _unzip(raw: AsyncIterator[bytes], e: ZipEntry, offset: int, where: str
                         yield out
             if out := crc.take(d.flush()):
                 yield out
-        except zlib.error as exc:
+        except deflate.error as exc:
             raise SourceError(
                 f"unpacking {e.name} from {where}: its deflate data is corrupt ({exc})", uri=where
             ) from None

@@ -18,11 +18,11 @@ from __future__ import annotations
 import base64
 import hashlib
 import math
-import zlib
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
+import job.deflate as deflate
 from job.streams import ChunkReader
 
 __all__ = [
@@ -89,7 +89,7 @@ class Crc32:
         self.value = 0
 
     def update(self, data: bytes | memoryview, /) -> None:
-        self.value = zlib.crc32(data, self.value)
+        self.value = deflate.crc32(data, self.value)
 
     def digest(self) -> bytes:
         return self.value.to_bytes(4, "big")

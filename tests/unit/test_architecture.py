@@ -15,7 +15,10 @@ MAX_LINES = 400
 # Lower layers first; a module may import its own layer and the layers above it in this list, never below.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("shared types", ("job.errors", "job.model", "job.redaction", "job.logs")),
-    ("shared helpers", ("job.retry", "job.streams", "job.cleanup", "job.mounts", "job.http.proxy", "job.oci.certs")),
+    (
+        "shared helpers",
+        ("job.retry", "job.streams", "job.cleanup", "job.mounts", "job.deflate", "job.http.proxy", "job.oci.certs"),
+    ),
     ("settings chain", ("job.settings",)),
     ("typed config", ("job.config",)),
     ("protocols and formats", ("job.http", "job.s3", "job.oci", "job.model_registry", "job.formats")),
