@@ -7,7 +7,8 @@ no steps (:func:`tests.bench.runs.push_floor` pushes it from the bench process).
 objects and sizes in the destination bucket, or the layer count of the pushed manifest (kept for the table).
 
 The many-files rows (``s3-oci-many/*``: :meth:`tests.bench.model.Model.many`, more files than an image's layer
-budget) are opt-in: they run when ``--only`` names them, not in the default table.
+budget) and the serving rows (``s3-dir/*``, ``oci-dir/*``: :mod:`tests.bench.serving_rows`) are opt-in: they run
+when ``--only`` names them, not in the default table.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import json
 import shlex
 import urllib.request
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +55,7 @@ class Run:
     work: Path
     dst_s3: S3Server | None = None
     dst_oci: Registry | None = None
+    dst_dir: Path | None = None
     layers: int | None = None
     """The pushed image's layer count (base included), once the check has read its manifest."""
 
@@ -71,7 +73,7 @@ class Row:
     route: str
     tool: str
     dest: str
-    """``oci`` or ``s3``: which fresh destination every run gets."""
+    """``oci``, ``s3`` or ``dir`` (an empty directory): which fresh destination every run gets."""
     steps: Callable[[Run], list[Step]] | None
     """None: the registry floor (pushed from this process)."""
     check: Callable[[Run], None] | None = None
@@ -186,6 +188,8 @@ def check_oci_budget(run: Run, model: Model, budget: int = OCI_MAX_LAYERS) -> No
 
 def all_rows(bench: Bench) -> list[Row]:
     """Every row the bench knows, in table order."""
+    from tests.bench.serving_rows import serving_rows  # imports this module: not at the top
+
     model = bench.model
     files = list(model.files)
     ms = "model-sync"
@@ -299,6 +303,7 @@ def all_rows(bench: Bench) -> list[Row]:
             needs=frozenset({"disk"}),
         ),
         *many_rows(bench),
+        *serving_rows(bench),
     ]
 
 
@@ -371,21 +376,10 @@ def with_variants(rows: Sequence[Row], variants: Sequence[str]) -> list[Row]:
 
             def steps(run: Run, base: Row = row, argv: list[str] = argv) -> list[Step]:
                 assert base.steps is not None
-                return [Step(step.name, list(argv), step.env) for step in base.steps(run)]
+                ms = len(model_sync_argv())  # what follows it (the initializer's uri and dir) is kept
+                return [Step(step.name, [*argv, *step.argv[ms:]], step.env) for step in base.steps(run)]
 
-            out.append(
-                Row(
-                    f"{row.id}[{name}]",
-                    row.route,
-                    f"model-sync [{name}]",
-                    row.dest,
-                    steps,
-                    row.check,
-                    row.id,
-                    row.needs,
-                    row.opt_in,
-                )
-            )
+            out.append(replace(row, id=f"{row.id}[{name}]", tool=f"model-sync [{name}]", steps=steps, baseline=row.id))
     return out
 
 

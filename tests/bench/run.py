@@ -20,7 +20,10 @@ What it does, all on 127.0.0.1, every server stopped and every temp dir removed 
    ``--noise-retries`` times, the quietest run kept), and is checked afterwards (the objects and sizes in S3, the
    layer count of the pushed manifest, shown in the table). The many-files rows (``s3-oci-many/*``: 2,000 files
    of 4-64 KiB in nested folders plus 4 shards of 24 MiB, more files than an image's layer budget) are opt-in:
-   ``--only 's3-oci-many/*'`` runs them.
+   ``--only 's3-oci-many/*'`` runs them. So are the serving rows (``--only 's3-dir/*,oci-dir/*'``,
+   :mod:`tests.bench.serving_rows`): model-sync's storage-initializer mode and KServe's ``kserve-storage``
+   filling an empty directory from the same ``s3://`` prefix or ``oci://`` modelcar, checked file by file
+   (size and sha256, nothing else left in it).
 4. **Measured per run**, each step a process tree sampled every 50 ms: wall seconds; CPU seconds of the tree
    (``wait4``), of each server (its ``/proc`` counters: source S3, destination registry, ...) and of everything
    else on the machine (noise); peak RSS of the tree (the largest sum of VmRSS over its processes at one sample,
@@ -46,9 +49,10 @@ arguments. Targets are reported, never turned into an exit code: timing on a sha
 
 The modules: :mod:`tests.bench.stack` (the local servers, the model in them, model-sync's environment),
 :mod:`tests.bench.model` (the generated model), :mod:`tests.bench.rows` (the rows and their checks, with the peers of
-:mod:`tests.bench.peers`), :mod:`tests.bench.runs` (one run, the floor, the flat run, profiles),
-:mod:`tests.bench.measure` (a process tree's time, CPU, RSS and disk), :mod:`tests.bench.results` and
-:mod:`tests.bench.report` (medians, targets, the table, the JSON's metadata); this one is the command line.
+:mod:`tests.bench.peers`; the serving rows in :mod:`tests.bench.serving_rows`), :mod:`tests.bench.runs` (one run,
+the floor, the flat run, profiles), :mod:`tests.bench.measure` (a process tree's time, CPU, RSS and disk),
+:mod:`tests.bench.results` and :mod:`tests.bench.report` (medians, targets, the table, the JSON's metadata); this
+one is the command line.
 """
 
 from __future__ import annotations
@@ -88,7 +92,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--only",
         default="",
-        help="comma-separated globs of row ids, e.g. 's3-oci/*,s3-s3/model-sync' (default: all but s3-oci-many/*)",
+        help="comma-separated globs of row ids, e.g. 's3-oci/*,s3-s3/model-sync' (default: all but s3-oci-many/*, s3-dir/*, oci-dir/*)",
     )
     parser.add_argument("--flat-mib", type=int, default=0, help="also run model-sync s3->oci once at this size (0: no)")
     parser.add_argument("--profile", type=Path, default=None, help="also record each model-sync row with py-spy here")

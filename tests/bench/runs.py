@@ -2,10 +2,11 @@
 (:func:`quiet_run`); the registry floor (:func:`push_floor`); the ``--flat-mib`` run (:func:`run_flat`) and the
 py-spy profiles (:func:`run_profiles`).
 
-Every run gets a fresh destination (a new distribution or SeaweedFS on an empty data dir) and an empty skopeo
-blob-info cache, starts once the machine is quiet (``--settle``), and is checked afterwards. The floor is the same
-bytes pushed from memory in ``FLOOR_STREAMS`` parallel upload streams (one PATCH per blob, digests computed
-beforehand) to a fresh registry: what distribution itself costs on this machine.
+Every run gets a fresh destination (a new distribution or SeaweedFS on an empty data dir, or an empty directory
+outside the run's scratch dir) and an empty skopeo blob-info cache, starts once the machine is quiet
+(``--settle``), and is checked afterwards. The floor is the same bytes pushed from memory in ``FLOOR_STREAMS``
+parallel upload streams (one PATCH per blob, digests computed beforehand) to a fresh registry: what distribution
+itself costs on this machine.
 """
 
 from __future__ import annotations
@@ -86,6 +87,10 @@ def execute(bench: Bench, row: Row, index: int, *, wrap: Callable[[Step], Step] 
             if row.dest == "oci":
                 bench.need("registry")  # the base image lives there
                 run.dst_oci = quietly(distribution("plain"), stack)
+            elif row.dest == "dir":  # an empty directory, outside the scratch dir (not temp disk)
+                out = stack.enter_context(tempfile.TemporaryDirectory(prefix=f"{slug}-{index}-out-", dir=bench.work))
+                run.dst_dir = Path(out) / "models"
+                run.dst_dir.mkdir()
             else:
                 run.dst_s3 = quietly(seaweedfs(buckets=(DST_BUCKET,)), stack)
             if row.steps is None:
