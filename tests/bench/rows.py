@@ -189,6 +189,7 @@ def check_oci_budget(run: Run, model: Model, budget: int = OCI_MAX_LAYERS) -> No
 def all_rows(bench: Bench) -> list[Row]:
     """Every row the bench knows, in table order."""
     from tests.bench.serving_rows import serving_rows  # imports this module: not at the top
+    from tests.bench.signed_rows import signed_rows
 
     model = bench.model
     files = list(model.files)
@@ -302,6 +303,7 @@ def all_rows(bench: Bench) -> list[Row]:
             baseline="pvc-oci/model-sync",
             needs=frozenset({"disk"}),
         ),
+        *signed_rows(bench),
         *many_rows(bench),
         *serving_rows(bench),
     ]
