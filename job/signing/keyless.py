@@ -85,13 +85,14 @@ def sigstore_signer(config: SigningConfig) -> Any:
     claims = token_claims(token)
     audience = claims.get("aud")
     client_id = audience[0] if isinstance(audience, list) and audience else audience
-    work = Path(tempfile.mkdtemp(prefix="model-sync-sigstore-"))
-    path = work / "trust_config.json"
-    path.write_text(json.dumps(trust_config(config, claims["iss"], work)), encoding="utf-8")
-    return sign_sigstore.Signer(
-        oidc_issuer=claims["iss"],
-        use_ambient_credentials=False,
-        identity_token=token,
-        client_id=client_id if isinstance(client_id, str) else None,
-        trust_config=path,
-    )
+    with tempfile.TemporaryDirectory(prefix="model-sync-sigstore-") as folder:  # read by the signer as it is built
+        work = Path(folder)
+        path = work / "trust_config.json"
+        path.write_text(json.dumps(trust_config(config, claims["iss"], work)), encoding="utf-8")
+        return sign_sigstore.Signer(
+            oidc_issuer=claims["iss"],
+            use_ambient_credentials=False,
+            identity_token=token,
+            client_id=client_id if isinstance(client_id, str) else None,
+            trust_config=path,
+        )

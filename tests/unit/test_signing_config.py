@@ -113,9 +113,9 @@ def test_keyless_wiring_token_urls_and_trust_root(clean_env: Path, monkeypatch: 
 
     built: dict[str, Any] = {}
 
-    class Signer:
+    class Signer:  # reads the trust config as it is built, as model-signing's does
         def __init__(self, **kwargs: Any) -> None:
-            built.update(kwargs)
+            built.update(kwargs, trust=json.loads(Path(kwargs["trust_config"]).read_text()))
 
     monkeypatch.setattr(ClientTrustConfig, "from_tuf", staticmethod(from_tuf))
     monkeypatch.setattr(sign_sigstore, "Signer", Signer)
@@ -125,7 +125,8 @@ def test_keyless_wiring_token_urls_and_trust_root(clean_env: Path, monkeypatch: 
     assert built["identity_token"] == clean_env.read_text()
     assert (built["oidc_issuer"], built["client_id"]) == ("https://kubernetes.default.svc", "sigstore")
     assert built["use_ambient_credentials"] is False
-    trust = json.loads(Path(built["trust_config"]).read_text())
+    trust = built["trust"]
+    assert not Path(built["trust_config"]).exists()  # nothing left behind
     signing = trust["signingConfig"]
     assert [u["url"] for u in signing["caUrls"]] == ["https://fulcio.sigstore.example"]
     assert [u["url"] for u in signing["rekorTlogUrls"]] == ["https://rekor.sigstore.example"]
