@@ -28,13 +28,7 @@ def _pvc_source(location: PvcLocation, config: JobConfig) -> Source:
 def _s3_source(location: S3Location, config: JobConfig) -> Source:
     from job.sources.s3 import S3Source
 
-    return S3Source(
-        location,
-        parallel_parts=config.parallel_parts,
-        part_size=config.part_size,
-        max_pool_connections=config.parallel_files * config.parallel_parts,
-        retry=config.retry,
-    )
+    return S3Source(location, max_pool_connections=config.parallel_files * config.parallel_parts, retry=config.retry)
 
 
 def _uri_source(location: UriLocation, config: JobConfig) -> Source:

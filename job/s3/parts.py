@@ -5,8 +5,7 @@ while a stream of unknown length goes on. :func:`read_part` takes the next part 
 :class:`~job.streams.ChunkReader` as the list of chunks the source produced, computing the part's S3
 checksum (``x-amz-checksum-crc32`` or ``-sha256``) on the way. :class:`PartBody` hands a part to botocore
 and aiohttp as an async iterable of those chunks, so no layer makes a whole copy of it, and can be rewound
-(``seek``) when its request is retried. Used by ``job.destinations.s3`` and :mod:`job.s3.multipart`; the
-S3 source sizes its ranged reads with :func:`choose_part_size`.
+(``seek``) when its request is retried. Used by ``job.destinations.s3`` and :mod:`job.s3.multipart`.
 
 A part is kept as its chunks rather than copied into one buffer, since the socket takes them one by one
 anyway; profiles and an A/B ``make bench`` of the two are in the README (Performance). The gain is one

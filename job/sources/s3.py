@@ -18,19 +18,13 @@ Every request goes through :meth:`~job.s3.client.S3Connection.call` (retries, ``
 listing's pages too (one ``list_objects_v2`` per page instead of botocore's paginator, which would
 bypass it).
 
-With ``ranged_reads=True`` an object larger than one part is read as parallel ranged GETs instead:
-``parallel_parts`` ranges of ``part_size`` in flight, yielded in order, so memory stays under
-``(parallel_parts + 1) x part_size`` per file. Off by default: on a 2-core machine it gained nothing
-and cost 140-330 MiB of RSS (README, Performance); it may pay off against a distant, per-connection
-throttled endpoint.
+There is one GET per file (resumed at its offset when it breaks): parallel ranged GETs per object measured no
+gain and several times the memory (README, Performance), so that path was removed rather than left unreachable.
 """
 
 from __future__ import annotations
 
-import asyncio
-import builtins
 import logging
-from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import PurePosixPath
@@ -41,7 +35,7 @@ from job.errors import SourceAuthError, SourceError, SourceNotFound
 from job.model import ObjectInfo, safe_relative_path
 from job.retry import RetrySettings
 from job.s3.client import S3Connection, s3_uri
-from job.s3.parts import MiB, choose_part_size
+from job.s3.parts import MiB
 
 log = logging.getLogger(__name__)
 
@@ -65,18 +59,12 @@ class S3Source:
         self,
         location: S3Location,
         *,
-        parallel_parts: int = 4,
-        part_size: int | None = None,
-        ranged_reads: bool = False,
         max_pool_connections: int = 10,
         retry: RetrySettings | None = None,
     ) -> None:
         self.location = location
         self.bucket = location.bucket
         self.key = location.key.lstrip("/")
-        self.parallel_parts = max(1, parallel_parts)
-        self.part_size = part_size
-        self.ranged_reads = ranged_reads
         self._conn = S3Connection(location, side="source", max_pool_connections=max_pool_connections, retry=retry)
         self._keys: dict[PurePosixPath, str] = {}
 
@@ -154,14 +142,6 @@ class S3Source:
         if obj.size is not None and offset == obj.size:
             yield _nothing()  # nothing left to read: a Range past the end would be a 416
             return
-        part_size = choose_part_size(obj.size, self.part_size)
-        if self.ranged_reads and obj.size is not None and obj.size - offset > part_size:
-            ranged = self._ranged(key, obj, offset, part_size)
-            try:
-                yield ranged
-            finally:
-                await ranged.aclose()
-            return
         body = await self._get(key, obj, f"bytes={offset}-" if offset else None)
         chunks = self._chunks(body, target, str(obj.path))
         try:
@@ -193,42 +173,6 @@ class S3Source:
                 yield chunk
         except Exception as exc:
             raise self._conn.error(exc, "reading", target, path=path) from exc
-
-    async def _read_range(self, key: str, obj: ObjectInfo, start: int, end: int) -> builtins.list[bytes]:
-        """GET bytes ``start..end`` (inclusive) and return them as the chunks that arrived."""
-        target = s3_uri(self.bucket, key)
-        body = await self._get(key, obj, f"bytes={start}-{end}")
-        try:
-            return [chunk async for chunk in self._chunks(body, target, str(obj.path))]
-        finally:
-            body.close()
-
-    async def _ranged(self, key: str, obj: ObjectInfo, offset: int, part_size: int) -> AsyncGenerator[bytes, None]:
-        """Yield the object from ``offset`` via ``parallel_parts`` ranged GETs in flight, in order."""
-        assert obj.size is not None
-        starts = iter(range(offset, obj.size, part_size))
-        in_flight: deque[asyncio.Task[builtins.list[bytes]]] = deque()
-
-        def launch() -> None:
-            start = next(starts, None)
-            if start is not None:
-                end = min(start + part_size, obj.size or 0) - 1
-                in_flight.append(asyncio.create_task(self._read_range(key, obj, start, end)))
-
-        try:
-            for _ in range(self.parallel_parts):
-                launch()
-            while in_flight:
-                chunks = await in_flight.popleft()
-                launch()  # keep parallel_parts ranges in flight while this one is passed on
-                for chunk in chunks:
-                    yield chunk
-                del chunks
-        finally:
-            for task in in_flight:
-                task.cancel()
-            if in_flight:
-                await asyncio.gather(*in_flight, return_exceptions=True)
 
     async def close(self) -> None:
         """Close the S3 client."""
