@@ -69,13 +69,17 @@ def plan_job(config: JobConfig) -> Plan:
     validate_spec(spec)
     check_available(config)
     check_references(config)
-    settings = TransferSettings(
+    return Plan(config=config, spec=spec, transfer_settings=transfer_settings(config))
+
+
+def transfer_settings(config: JobConfig) -> TransferSettings:
+    """The engine's settings from the job's: files at once, the listing bound, retries, the stop budget."""
+    return TransferSettings(
         parallel_files=config.parallel_files,
         max_files=config.max_files,
         retry=config.retry,
         stop_cleanup_timeout=max(0.5, config.stop_timeout * STOP_SHARE_TRANSFER),
     )
-    return Plan(config=config, spec=spec, transfer_settings=settings)
 
 
 def check_references(config: JobConfig) -> None:
@@ -126,15 +130,7 @@ async def sync(
         return result.committed
 
     reg = plan.config.registry
-    client = registry or ModelRegistryClient(
-        reg.base_url,
-        token=reg.token.get_secret_value() if reg.token else None,
-        token_file=reg.token_file,
-        verify=reg.verify,
-        author=reg.author,
-        retry=plan.config.retry,
-        api_version=reg.api_version,
-    )
+    client = registry or ModelRegistryClient.for_registry(reg, plan.config.retry)
     stop_cleanup = max(0.5, plan.config.stop_timeout * STOP_SHARE_REGISTRY)
     async with client:
         result = await run_intent(plan.spec, client, do_transfer, stop_cleanup_timeout=stop_cleanup)

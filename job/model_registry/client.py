@@ -36,6 +36,7 @@ from job.model_registry.errors import error_body, retry_cause, status_error, unr
 from job.model_registry.token import BearerToken
 from job.retry import DEFAULT_ATTEMPTS, DEFAULT_INITIAL_WAIT, RetrySettings, is_retryable, log_before_sleep
 from job.settings.metadata import comparable_custom_properties, writable_custom_properties
+from job.settings.registry import RegistryConfig
 
 __all__ = ["DEFAULT_TIMEOUT", "Entity", "ModelRegistryClient", "checked_id"]
 
@@ -149,6 +150,19 @@ class ModelRegistryClient:
             transport=transport,
             # Never: the bearer token goes to the registry's address only, not to where a redirect points.
             follow_redirects=False,
+        )
+
+    @classmethod
+    def for_registry(cls, registry: RegistryConfig, retry: RetrySettings) -> ModelRegistryClient:
+        """A client for the configured registry: its address, token (and token file), CA and author."""
+        return cls(
+            registry.base_url,
+            token=registry.token.get_secret_value() if registry.token else None,
+            token_file=registry.token_file,
+            verify=registry.verify,
+            author=registry.author,
+            retry=retry,
+            api_version=registry.api_version,
         )
 
     async def __aenter__(self) -> Self:

@@ -27,6 +27,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import httpx
 from pydantic import SecretStr
 
 from job.config import OciLocation
@@ -182,30 +183,27 @@ class OciClient(OciUploads):
 
     async def put_manifest(self, repository: str, reference: str, data: bytes, media_type: str) -> str:
         """PUT a manifest or index under a tag or its digest; returns its digest (sha256 of ``data``)."""
-        await self._request(
-            "PUT",
-            f"/v2/{repository}/manifests/{reference}",
-            scopes=Scopes.push(repository),
-            what=f"pushing manifest {self.registry}/{repository}:{reference}",
-            expect=(200, 201),
-            headers={"Content-Type": media_type},
-            content=data,
-        )
+        await self._put(repository, reference, data, media_type, f"manifest {self.registry}/{repository}:{reference}")
         return sha256_digest(data)
 
     async def put_referrer(self, repository: str, digest: str, data: bytes, media_type: str) -> bool:
         """PUT a manifest that has a ``subject``, by its digest; True when the registry indexed the subject
         itself (it answered with ``OCI-Subject``), False when the caller must update the fallback tag."""
-        response = await self._request(
+        response = await self._put(
+            repository, digest, data, media_type, f"referrer {self.registry}/{repository}@{digest}"
+        )
+        return "OCI-Subject" in response.headers
+
+    async def _put(self, repository: str, reference: str, data: bytes, media_type: str, what: str) -> httpx.Response:
+        return await self._request(
             "PUT",
-            f"/v2/{repository}/manifests/{digest}",
+            f"/v2/{repository}/manifests/{reference}",
             scopes=Scopes.push(repository),
-            what=f"pushing referrer {self.registry}/{repository}@{digest}",
+            what=f"pushing {what}",
             expect=(200, 201),
             headers={"Content-Type": media_type},
             content=data,
         )
-        return "OCI-Subject" in response.headers
 
 
 async def _window(body: AsyncIterator[bytes], start: int, end: int | None) -> AsyncIterator[bytes]:

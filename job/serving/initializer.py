@@ -31,11 +31,10 @@ from pydantic import SecretStr
 from job.backends import check_available, make_destination, make_source
 from job.config import JobConfig, build_job_config, retry_settings
 from job.engine.progress import ProgressReporter
-from job.engine.transfer import TransferResult, TransferSettings, transfer
+from job.engine.transfer import TransferResult, transfer
 from job.errors import ConfigError, SourceError
 from job.model_registry.client import ModelRegistryClient
-from job.pipeline import STOP_SHARE_TRANSFER, check_references
-from job.retry import RetrySettings
+from job.pipeline import check_references, transfer_settings
 from job.serving.resolve import configured_registry, registry_for, servable_artifact
 from job.serving.storage_uri import REGISTRY_SCHEME, WHAT, RegistryUri, parse_registry_uri, source_settings
 from job.settings.chain import Settings
@@ -128,17 +127,6 @@ def plan_serving(settings: Settings, storage_uri: str, directory: str, environ: 
     return ServingPlan(storage_uri, target, settings, environ, config, None, None)
 
 
-def _client(registry: RegistryConfig, retry: RetrySettings) -> ModelRegistryClient:
-    return ModelRegistryClient(
-        registry.base_url,
-        token=registry.token.get_secret_value() if registry.token else None,
-        token_file=registry.token_file,
-        verify=registry.verify,
-        retry=retry,
-        api_version=registry.api_version,
-    )
-
-
 async def _resolve(plan: ServingPlan, on_config: Callable[[JobConfig], None]) -> tuple[JobConfig, Mapping[str, Any]]:
     assert plan.registry_uri is not None and plan.registry is not None
     address, model, version = await registry_for(
@@ -148,7 +136,7 @@ async def _resolve(plan: ServingPlan, on_config: Callable[[JobConfig], None]) ->
     registry = registry_config(settings, plan.environ)
     retry = retry_settings(settings)
     where = f"{plan.storage_uri} (registry {registry.base_url})"
-    async with _client(registry, retry) as client:
+    async with ModelRegistryClient.for_registry(registry, retry) as client:
         artifact = await servable_artifact(
             client, model, version, states=_states(settings.serve_artifact_states), where=where
         )
@@ -174,12 +162,7 @@ async def serve(plan: ServingPlan, *, on_config: Callable[[JobConfig], None] = l
         config = plan.config
     else:
         config, artifact = await _resolve(plan, on_config)
-    settings = TransferSettings(
-        parallel_files=config.parallel_files,
-        max_files=config.max_files,
-        retry=config.retry,
-        stop_cleanup_timeout=max(0.5, config.stop_timeout * STOP_SHARE_TRANSFER),
-    )
+    settings = transfer_settings(config)
     result = await transfer(make_source(config), make_destination(config), settings, progress=ProgressReporter())
     source_uri = str(artifact["uri"]) if artifact is not None else plan.storage_uri
     log.info("served %s: %d files, %d bytes into %s", source_uri, result.files, result.bytes, plan.directory)
