@@ -1,7 +1,7 @@
 """One factory per backend: each builds its Source or Destination from the typed location and the engine's limits.
 
 The pipeline picks the factory by the location's type, once; a backend never sees the whole ``JobConfig`` or
-checks its location type again. Each backend module is imported only when its factory runs (aioboto3 alone costs
+checks its location type again. Each backend module is imported only when its factory runs (aiobotocore alone costs
 about 0.3 s of a job's start).
 """
 

@@ -1,6 +1,6 @@
 """The S3 client the S3 source and destination share: one per endpoint, every request retried and mapped.
 
-* :class:`S3Connection` builds one aioboto3 client from an :class:`~job.config.S3Location`, lazily on
+* :class:`S3Connection` builds one aiobotocore client from an :class:`~job.config.S3Location`, lazily on
   first use (backends are created synchronously by ``job.backends``), and closes it once. Source and
   destination each hold their own, so they can be different endpoints with different credentials.
 * :meth:`S3Connection.call` is every S3 request: one botocore call, retried with ``job.retry``'s tenacity
@@ -13,7 +13,12 @@
 Part sizes are in :mod:`job.s3.parts`, the error mapping in :mod:`job.s3.errors`, the multipart upload
 protocol in :mod:`job.s3.multipart`.
 
-aioboto3 and botocore ship no type information: the client is ``Any`` at that seam, and only here.
+The client comes from aiobotocore's session, not aioboto3's: aioboto3 wraps the same session and client and adds
+boto3's resources and s3transfer's managed transfers, which model-sync does not use and which cost about 80 ms of
+every start to import (README, Performance). For an ``http://`` endpoint no certificate bundle is loaded (there is
+no TLS to verify; aiobotocore would read certifi's bundle anyway, about 50 ms).
+
+aiobotocore and botocore ship no type information: the client is ``Any`` at that seam, and only here.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ import logging
 from contextlib import AsyncExitStack
 from typing import Any
 
-import aioboto3  # type: ignore[import-untyped]
+from aiobotocore.session import get_session  # type: ignore[import-untyped]
 from botocore import UNSIGNED  # type: ignore[import-untyped]
 from botocore.config import Config  # type: ignore[import-untyped]
 from botocore.handlers import add_expect_header  # type: ignore[import-untyped]
@@ -60,7 +65,7 @@ def _session() -> Any:
     would parse it again, at every job's start, while a client of an existing session is cheap (README,
     Performance).
     """
-    return aioboto3.Session()
+    return get_session()
 
 
 def client_config(location: S3Location, *, max_pool_connections: int, retry: RetrySettings | None = None) -> Config:
@@ -94,7 +99,7 @@ def client_config(location: S3Location, *, max_pool_connections: int, retry: Ret
 
 
 class S3Connection:
-    """One lazily created aioboto3 S3 client for one :class:`S3Location`, and the error mapping for it.
+    """One lazily created aiobotocore S3 client for one :class:`S3Location`, and the error mapping for it.
 
     ``client()`` may be awaited from many tasks; the first creates the client. ``close()`` closes it and
     may be called more than once. Secrets are read (``get_secret_value``) only when the client is built.
@@ -137,13 +142,15 @@ class S3Connection:
     def _new_client(self) -> Any:
         loc = self.location
         # With no keys, boto's default chain applies (IRSA, EKS Pod Identity, instance profile).
-        return _session().client(
+        endpoint = endpoint_url(loc.endpoint)
+        plain_http = endpoint is not None and endpoint.lower().startswith("http://")
+        return _session().create_client(
             "s3",
             aws_access_key_id=loc.access_key_id.get_secret_value() if loc.access_key_id else None,
             aws_secret_access_key=loc.secret_access_key.get_secret_value() if loc.secret_access_key else None,
             region_name=loc.region or "us-east-1",
-            endpoint_url=endpoint_url(loc.endpoint),
-            verify=None if loc.verify else False,
+            endpoint_url=endpoint,
+            verify=None if loc.verify and not plain_http else False,
             config=client_config(loc, max_pool_connections=self.max_pool_connections, retry=self.retry),
         )
 

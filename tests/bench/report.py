@@ -223,7 +223,7 @@ def tool_versions() -> dict[str, str]:
     from importlib import metadata
 
     versions = {"python": platform.python_version()}
-    for dist in ("olot", "boto3", "aioboto3", "httpx"):
+    for dist in ("olot", "boto3", "aiobotocore", "httpx"):
         try:
             versions[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:

@@ -17,7 +17,16 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("shared types", ("job.errors", "job.model", "job.redaction", "job.logs")),
     (
         "shared helpers",
-        ("job.retry", "job.streams", "job.cleanup", "job.mounts", "job.deflate", "job.http.proxy", "job.oci.certs"),
+        (
+            "job.tuning",
+            "job.retry",
+            "job.streams",
+            "job.cleanup",
+            "job.mounts",
+            "job.deflate",
+            "job.http.proxy",
+            "job.oci.certs",
+        ),
     ),
     ("settings chain", ("job.settings",)),
     ("typed config", ("job.config",)),

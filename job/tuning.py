@@ -1,0 +1,64 @@
+"""Process-wide settings of the libraries model-sync runs on, made once when the ``job`` package is imported.
+
+Each one is a measured cost per byte or per start (README, Performance); each is checked by
+``tests/unit/test_tuning.py``, so a library upgrade that moves what it relies on fails a test instead of
+quietly costing CPU again.
+
+* **Modules never used, never imported.** httpx imports its command-line client (click, rich, pygments)
+  whenever they are installed, and model-signing's dependencies install them: about 60 ms of every start.
+  botocore probes for ``urllib3.contrib.pyopenssl`` (pyOpenSSL and cryptography, also installed for
+  signing) only to take the stdlib's ``ssl.SSLContext`` back from it: about 40 ms. A ``None`` entry in
+  ``sys.modules`` makes such an import fail at once (the language's own "not available" marker), and both
+  libraries fall back to what they do without those packages: httpx's ``main`` prints how to install its
+  CLI, botocore uses ``ssl.SSLContext`` directly. Signing imports pyOpenSSL itself, which is unaffected.
+* **Reads of 1 MiB.** asyncio's socket transport asks the kernel for at most 256 KiB per read and
+  httpcore (under httpx) hands on at most 64 KiB per read, so a GiB crossed the event loop, the HTTP
+  parser and every stream stage of the pipeline 4,096 to 16,384 times. Both are class attributes with
+  no other setting; 1 MiB makes most reads whatever the socket holds. Memory stays bounded: a read
+  returns at most what arrived, and one read per connection is in flight.
+* **No page faults per chunk.** glibc's malloc serves blocks over 128 KiB (rising with use, but not
+  reliably) with ``mmap`` and returns freed heap tops to the kernel, so each 256 KiB-1 MiB chunk of a
+  transfer was freshly mapped and zeroed by the kernel: 400,000 minor faults and 1-2 s of system CPU per
+  GiB of tar.gz read. ``mallopt`` keeps blocks up to :data:`MMAP_THRESHOLD` on the heap and up to
+  :data:`TRIM_THRESHOLD` of free heap mapped. A C library without ``mallopt`` (musl) is left as it is.
+"""
+
+from __future__ import annotations
+
+import asyncio.selector_events
+import ctypes
+import sys
+
+__all__ = ["MMAP_THRESHOLD", "NOT_IMPORTED", "READ_SIZE", "TRIM_THRESHOLD", "apply"]
+
+NOT_IMPORTED = ("httpx._main", "urllib3.contrib.pyopenssl")
+"""Modules some library imports if it can, that model-sync never uses (see the module docstring)."""
+READ_SIZE = 1024 * 1024
+"""Most bytes one socket read returns, in asyncio's transport and in httpcore."""
+MMAP_THRESHOLD = 4 * READ_SIZE
+"""Blocks up to this size come from malloc's heap, not from a fresh ``mmap``."""
+TRIM_THRESHOLD = 32 * READ_SIZE
+"""Free heap kept mapped, so that the next chunk reuses it instead of faulting new pages in."""
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's <malloc.h>
+
+
+def apply() -> None:
+    """Make the settings of the module docstring; safe to call more than once."""
+    for name in NOT_IMPORTED:
+        sys.modules.setdefault(name, None)  # type: ignore[arg-type]
+    asyncio.selector_events._SelectorSocketTransport.max_size = READ_SIZE  # type: ignore[attr-defined]
+    import httpcore  # after the entries above: httpcore imports nothing of them, httpx comes later
+
+    httpcore.AsyncHTTP11Connection.READ_NUM_BYTES = READ_SIZE
+    _tune_malloc()
+
+
+def _tune_malloc() -> bool:
+    """Set glibc's malloc thresholds; False where the C library has no ``mallopt``."""
+    try:
+        libc = ctypes.CDLL(None)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # pragma: no cover - musl, or no dynamic C library
+        return False
+    mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
+    return bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))
