@@ -80,7 +80,7 @@ class Row:
     baseline: str | None = None
     """For a peer: the model-sync row it is compared with."""
     needs: frozenset[str] = frozenset()
-    """Setup it needs: ``disk`` (the model on local disk), ``targz``, ``image`` (the source modelcar), ``many``
+    """Setup it needs: ``disk`` (the model on local disk), ``targz``, ``image`` (the source modelcar), ``imagegz`` (it again, gzip), ``many``
     (the many-files model in the source S3, synced instead of the ``--size-mib`` one)."""
     opt_in: bool = False
     """Run only when ``--only`` names it (a model of its own, about a minute a run)."""
@@ -188,6 +188,7 @@ def check_oci_budget(run: Run, model: Model, budget: int = OCI_MAX_LAYERS) -> No
 
 def all_rows(bench: Bench) -> list[Row]:
     """Every row the bench knows, in table order."""
+    from tests.bench.gzip_rows import gzip_rows
     from tests.bench.serving_rows import serving_rows  # imports this module: not at the top
     from tests.bench.signed_rows import signed_rows
 
@@ -306,6 +307,7 @@ def all_rows(bench: Bench) -> list[Row]:
         *signed_rows(bench),
         *many_rows(bench),
         *serving_rows(bench),
+        *gzip_rows(bench),
     ]
 
 

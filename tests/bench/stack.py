@@ -143,6 +143,10 @@ class Bench:
             self._try("targz", self._setup_targz)
         if "image" in needs:
             self._try("image", self._setup_image)
+        if "imagegz" in needs and "image" not in self.setup_errors:
+            from tests.bench.gzip_rows import push_gzip_image  # imports this module: not at the top
+
+            self._try("imagegz", lambda: push_gzip_image(self))
         say(f"setup done in {time.monotonic() - started:.1f} s" + "".join(f"; {k} FAILED" for k in self.setup_errors))
 
     def _try(self, what: str, action: Callable[[], None]) -> None:
