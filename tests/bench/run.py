@@ -42,7 +42,9 @@ What it does, all on 127.0.0.1, every server stopped and every temp dir removed 
 local disk) to check that peak RSS does not grow with the model. ``--profile DIR`` adds one py-spy-recorded run of
 each model-sync row (speedscope JSON in DIR, top frames printed). ``--variant NAME=COMMAND`` adds, after each
 model-sync row, the same row run by COMMAND (e.g. a script that patches ``job`` and calls ``job.__main__.main``),
-to measure a proposed change against the current code in the same rounds.
+to measure a proposed change against the current code in the same rounds. To time another commit, check it out
+with ``git worktree add /tmp/old <commit>`` and pass ``old=env PYTHONPATH=/tmp/old .venv/bin/python -P -m job``:
+steps run in the checkout, and without ``-P`` Python would put it first on ``sys.path`` and run its ``job``.
 
 Exit code: 0 when every row succeeded, 1 when a row failed (its error is in the table and the JSON), 2 for bad
 arguments. Targets are reported, never turned into an exit code: timing on a shared 2-core machine is noisy.
