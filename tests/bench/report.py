@@ -48,6 +48,11 @@ def _num(value: float | None, fmt: str = "{:.2f}") -> str:
     return "-" if value is None else fmt.format(value)
 
 
+def _route(row_id: str) -> str:
+    """``s3-oci/model-sync`` -> ``s3->oci``."""
+    return row_id.split("/")[0].replace("-", "->")
+
+
 def evaluate_targets(results: dict[str, RowResult], flat: RowResult | None, size_mib: int) -> list[dict[str, Any]]:
     """The issue's targets: what was measured, the limit, and whether it holds (``ok`` None: not measured).
 
@@ -87,7 +92,7 @@ def evaluate_targets(results: dict[str, RowResult], flat: RowResult | None, size
         row = results.get(row_id)
         peak = row.peak_rss if row and row.ok_runs else None
         add(
-            f"{row_id.split('/')[0].replace('-', '->')}: model-sync peak RSS <= {RSS_LIMIT // MiB} MiB",
+            f"{_route(row_id)}: model-sync peak RSS <= {RSS_LIMIT // MiB} MiB",
             "MiB",
             None if peak is None else peak / MiB,
             RSS_LIMIT / MiB,
@@ -95,9 +100,9 @@ def evaluate_targets(results: dict[str, RowResult], flat: RowResult | None, size
         )
     for row_id, limit in CPU_PER_GIB.items():
         row = results.get(row_id)
-        per_gib = row.cpu / (row.size / 1024**3) if row and row.cpu and row.size else None
+        per_gib = row.cpu / (row.size / (1024 * MiB)) if row and row.cpu and row.size else None
         add(
-            f"{row_id.split('/')[0].replace('-', '->')}: model-sync client CPU <= {limit:g} s per GiB (start-up included)",
+            f"{_route(row_id)}: model-sync client CPU <= {limit:g} s per GiB (start-up included)",
             "s",
             per_gib,
             limit,
