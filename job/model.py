@@ -12,7 +12,7 @@ from pathlib import PurePosixPath
 
 from job.errors import SourceError
 
-__all__ = ["Committed", "ObjectInfo", "Uploaded", "safe_relative_path", "source_identity"]
+__all__ = ["Committed", "ObjectInfo", "Uploaded", "safe_relative_path", "sha256_digest", "source_identity"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +83,11 @@ class Committed:
     an S3 destination, as ModelMesh's ``storage: {key, path}`` takes it); ``None`` where the uri says all."""
     signature: str | None = None
     """``sha256:`` of the ``model.sig`` a signed run wrote; ``None`` when the run did not sign."""
+
+
+def sha256_digest(data: bytes) -> str:
+    """``sha256:<hex>`` of ``data``: an OCI digest, and the form every whole-file sha256 takes here."""
+    return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
 def safe_relative_path(raw: str, *, what: str = "path") -> PurePosixPath:

@@ -51,7 +51,7 @@ from typing import Any
 from job.config import OciLocation
 from job.destinations.base import FileFeed
 from job.errors import ConfigError, IntegrityError
-from job.model import Committed, ObjectInfo, Uploaded, source_identity
+from job.model import Committed, ObjectInfo, Uploaded, sha256_digest, source_identity
 from job.oci.base_image import BaseImage, model_layers, resolve_base
 from job.oci.client import OciClient
 from job.oci.layout import MAX_LAYERS_LIMIT, plan_layers
@@ -68,7 +68,7 @@ from job.oci.modelcar import (
 from job.oci.protocol import OCI_INDEX, OCI_MANIFEST
 from job.oci.reference import parse_reference
 from job.oci.referrers import attach_referrer
-from job.oci.upload import UploadSession, sha256_digest
+from job.oci.upload import UploadSession
 from job.retry import RetrySettings
 from job.streams import aiter_file, describe, spool
 

@@ -34,7 +34,6 @@ the error that matters.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -48,7 +47,7 @@ from job.engine.progress import ProgressReporter
 from job.engine.put import put_group
 from job.engine.resume import open_source
 from job.errors import ConfigError, IntegrityError, ModelSyncError, SourceError
-from job.model import Committed, ObjectInfo, Uploaded, safe_relative_path
+from job.model import Committed, ObjectInfo, Uploaded, safe_relative_path, sha256_digest
 from job.retry import RetrySettings
 from job.sources.base import Source
 from job.streams import describe
@@ -252,7 +251,7 @@ async def _put_bytes(destination: Destination, obj: ObjectInfo, data: bytes, ret
     async def once() -> AsyncIterator[bytes]:
         yield data
 
-    sha256 = "sha256:" + hashlib.sha256(data).hexdigest()
+    sha256 = sha256_digest(data)
     async for attempt in retry.policy(attempts=retry.file_attempts):
         with attempt:
             uploaded = await destination.put(obj, once())

@@ -32,9 +32,10 @@ from pydantic import SecretStr
 
 from job.config import OciLocation
 from job.errors import IntegrityError
+from job.model import sha256_digest
 from job.oci.protocol import MANIFEST_ACCEPT, Scopes, Side
 from job.oci.reference import ImageReference
-from job.oci.upload import OciUploads, sha256_digest
+from job.oci.upload import OciUploads
 from job.retry import RetrySettings
 
 __all__ = ["Manifest", "OciClient"]

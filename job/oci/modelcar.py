@@ -34,7 +34,6 @@ timestamp of the run, so pushing the same model twice gives the same manifest di
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import tarfile
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -43,6 +42,7 @@ from pathlib import PurePosixPath
 from typing import Any
 
 from job.errors import IntegrityError
+from job.model import sha256_digest
 from job.oci.protocol import (
     ANNOTATION_TITLE,
     DOCKER_CONFIG,
@@ -276,7 +276,7 @@ def group_identity(members: Sequence[tuple[PurePosixPath, int, str | None]]) -> 
     if any(identity is None for _, _, identity in members):
         return None
     listed = [[path.as_posix(), size, identity] for path, size, identity in members]
-    return "sha256:" + hashlib.sha256(canonical_json({"files": listed})).hexdigest()
+    return sha256_digest(canonical_json({"files": listed}))
 
 
 def canonical_json(document: Mapping[str, Any]) -> bytes:

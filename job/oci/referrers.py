@@ -15,10 +15,10 @@ from collections.abc import Mapping
 from typing import Any
 
 from job.errors import ModelSyncError
+from job.model import sha256_digest
 from job.oci.client import OciClient
 from job.oci.modelcar import canonical_json
 from job.oci.protocol import ANNOTATION_TITLE, OCI_INDEX, OCI_MANIFEST
-from job.oci.upload import sha256_digest
 
 __all__ = ["EMPTY_CONFIG", "attach_referrer", "referrer_manifest"]
 

@@ -21,18 +21,14 @@ from dataclasses import dataclass, field
 import httpx
 
 from job.errors import IntegrityError, ModelSyncError
+from job.model import sha256_digest
 from job.oci.protocol import Scopes
 from job.oci.transport import OciTransport
 from job.streams import ChunkReader, describe
 
-__all__ = ["OciUploads", "UploadSession", "sha256_digest"]
+__all__ = ["OciUploads", "UploadSession"]
 
 log = logging.getLogger(__name__)
-
-
-def sha256_digest(data: bytes) -> str:
-    """``sha256:<hex>`` of ``data``."""
-    return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
 @dataclass(slots=True, eq=False)

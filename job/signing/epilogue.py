@@ -15,14 +15,13 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 from collections.abc import Sequence
 from dataclasses import replace
 
 from job.destinations.base import Destination
 from job.errors import IntegrityError
-from job.model import Committed, ObjectInfo, Uploaded
+from job.model import Committed, ObjectInfo, Uploaded, sha256_digest
 from job.settings.signing import SigningConfig
 from job.signing.manifest import SIGNATURE, is_signed, sign_digests
 
@@ -59,7 +58,7 @@ class ModelSigner:
             digests[one.obj.path] = one.sha256
         log.info("signing %d files (%s method)", len(digests), self.config.method)
         self.signature = await asyncio.to_thread(sign_digests, self.config, self.model_name, digests)
-        info = ObjectInfo(path=SIGNATURE, size=len(self.signature), digest=_sha256(self.signature))
+        info = ObjectInfo(path=SIGNATURE, size=len(self.signature), digest=sha256_digest(self.signature))
         return [(info, self.signature)]
 
     async def committed(self, destination: Destination, committed: Committed) -> Committed:
@@ -68,8 +67,4 @@ class ModelSigner:
         if attach is not None:
             referrer = await attach(BUNDLE_MEDIA_TYPE, self.signature, str(SIGNATURE))
             log.info("signature attached to %s as referrer %s", committed.digest, referrer)
-        return replace(committed, signature=_sha256(self.signature))
-
-
-def _sha256(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
+        return replace(committed, signature=sha256_digest(self.signature))
