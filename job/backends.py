@@ -58,6 +58,7 @@ def _s3_destination(location: S3Location, config: JobConfig) -> Destination:
         location,
         parallel_parts=config.parallel_parts,
         part_size=config.part_size,
+        part_memory=config.part_memory,
         max_pool_connections=config.parallel_files * config.parallel_parts,
         retry=config.retry,
     )

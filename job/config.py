@@ -114,6 +114,7 @@ class JobConfig:
     max_files: int
     parallel_parts: int
     part_size: int | None
+    part_memory: int
     termination_message_path: Path
     include: tuple[str, ...] = ()
     """Globs a file must match to be copied (empty: every file)."""
@@ -302,6 +303,7 @@ def build_job_config(settings: Settings, environ: Mapping[str, str] | None = Non
         max_files=settings.max_files,
         parallel_parts=settings.parallel_parts,
         part_size=settings.part_size_mib * 1024 * 1024 if settings.part_size_mib else None,
+        part_memory=settings.part_memory_mib * 1024 * 1024,
         termination_message_path=settings.termination_message_path,
         include=_globs(settings.source_include),
         exclude=_globs(settings.source_exclude),

@@ -4,7 +4,8 @@
 it (small files, 0-byte files, short streams of unknown size) the file goes up in one ``PutObject``.
 Otherwise the rest of the stream is handed to :class:`~job.s3.multipart.MultipartUploads`: parts of
 ``part_size`` read in order, up to ``parallel_parts`` uploaded at once, a file never holding more than
-``parallel_parts x part_size`` bytes, the upload aborted on any failure (see :mod:`job.s3.multipart`);
+``parallel_parts x part_size`` bytes nor all files together more than ``part_memory`` (the shared budget of
+:mod:`job.s3.budget`), the upload aborted on any failure (see :mod:`job.s3.multipart`);
 ``abort()`` retries every upload this destination started and did not finish.
 
 Integrity: every request body carries a checksum the server verifies. Measured on SeaweedFS 4.48: a
@@ -52,10 +53,11 @@ from job.destinations.base import OneFilePerPut
 from job.errors import ConfigError, DestinationAuthError, ModelSyncError
 from job.model import Committed, ObjectInfo, Uploaded, source_identity
 from job.retry import RetrySettings
+from job.s3.budget import ByteBudget, PartSlots
 from job.s3.client import S3Connection, s3_uri
 from job.s3.multipart import MultipartUploads
 from job.s3.parts import CHECKSUMS as _CHECKSUMS
-from job.s3.parts import Part, PartBody, choose_part_size, read_part
+from job.s3.parts import DEFAULT_PART_MEMORY, Part, PartBody, choose_part_size, read_part
 from job.streams import ChunkReader
 
 __all__ = ["_CHECKSUMS", "PartBody", "S3Destination", "destination_key"]
@@ -98,6 +100,7 @@ class S3Destination(OneFilePerPut):
         *,
         parallel_parts: int = 4,
         part_size: int | None = None,
+        part_memory: int = DEFAULT_PART_MEMORY,
         checksum: ChecksumName = "CRC32",
         checksum_single: ChecksumName = "SHA256",
         max_pool_connections: int = 10,
@@ -111,6 +114,9 @@ class S3Destination(OneFilePerPut):
         self.prefix = location.key.strip("/")
         self.parallel_parts = max(1, parallel_parts)
         self.part_size = part_size
+        self.part_memory = part_memory
+        """Bytes of parts held in memory at once, all files together (``job.s3.budget``)."""
+        self._budget = ByteBudget(part_memory)
         self.checksum = checksum
         """The checksum of every part of a multipart upload, and of a file not known to fit in one part."""
         self.checksum_single = checksum_single
@@ -210,21 +216,25 @@ class S3Destination(OneFilePerPut):
         single = obj.size is not None and obj.size <= part_size
         algorithm = self.checksum_single if single else self.checksum
         reader = ChunkReader(data)
-        slots = asyncio.Semaphore(self.parallel_parts)
-        await slots.acquire()  # the first part is in memory from here on
-        first = await read_part(reader, part_size, _CHECKSUMS[algorithm][0])
-        metadata = self._metadata(obj)
-        if await reader.at_eof():
-            if algorithm == "SHA256" and obj.size == first.size:
-                metadata.setdefault(META_SHA256, "sha256:" + base64.b64decode(first.checksum).hex())
-            etag = await self._put_object(key, obj, first, algorithm, metadata)
-        else:
-            await self._multipart.abort_stale(key)
-            # Handed over in a list so this frame does not keep the first part alive for the whole upload.
-            handover, first = [first], Part([], 0, "")
-            etag = await self._multipart.upload(
-                key, reader, slots, handover, part_size, metadata, path=str(obj.path), size=obj.size
-            )
+        slots = PartSlots(self._budget, self.parallel_parts)
+        try:
+            # The first part is in memory from here on; a file known to be small takes only its size.
+            taken = await slots.acquire(part_size if obj.size is None else min(part_size, obj.size))
+            first = await read_part(reader, part_size, _CHECKSUMS[algorithm][0])
+            metadata = self._metadata(obj)
+            if await reader.at_eof():
+                if algorithm == "SHA256" and obj.size == first.size:
+                    metadata.setdefault(META_SHA256, "sha256:" + base64.b64decode(first.checksum).hex())
+                etag = await self._put_object(key, obj, first, algorithm, metadata)
+            else:
+                await self._multipart.abort_stale(key)
+                # Handed over in a list so this frame does not keep the first part alive for the whole upload.
+                handover, first = [(first, taken)], Part([], 0, "")
+                etag = await self._multipart.upload(
+                    key, reader, slots, handover, part_size, metadata, path=str(obj.path), size=obj.size
+                )
+        finally:
+            slots.close()
         return Uploaded(obj=obj, size=reader.consumed, detail=S3Object(key=key, etag=etag))
 
     def _metadata(self, obj: ObjectInfo) -> dict[str, str]:

@@ -6,9 +6,9 @@ decides *whether* a file goes up in parts and hands over its stream after the fi
 * ``CreateMultipartUpload`` with the part checksum algorithm and the object's user metadata (an object
   gets its metadata only when completed, so a half-sent one never looks finished to a rerun);
 * parts of ``part_size`` read from the stream in order (:func:`~job.s3.parts.read_part`), each sent with
-  its checksum, which the server verifies; up to ``parallel_parts`` in flight. The caller's semaphore
-  slot is taken *before* a part is read, so a file never holds more than ``parallel_parts x part_size``
-  bytes (s3transfer's bound). A stream of unknown length grows its parts (:func:`~job.s3.parts.grow_part_size`);
+  its checksum, which the server verifies; up to ``parallel_parts`` in flight. Room for a part
+  (:class:`~job.s3.budget.PartSlots`) is taken *before* it is read, so a file never holds more than
+  ``parallel_parts x part_size`` bytes, nor all files together more than the destination's part budget. A stream of unknown length grows its parts (:func:`~job.s3.parts.grow_part_size`);
 * ``CompleteMultipartUpload`` once the stream is read to its very end, so the engine's size and digest
   checks run before a wrong file can become visible. A retried Complete whose first try did land (its
   answer was lost) finds the upload gone: a HEAD of the right size and part count accepts it.
@@ -25,10 +25,12 @@ prefix) and aborted before that key is written again (:meth:`MultipartUploads.ab
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from typing import Any
 
 from job.errors import DestinationError, ModelSyncError
+from job.s3.budget import PartSlots
 from job.s3.client import S3Connection, s3_uri
 from job.s3.parts import CHECKSUMS, MAX_PARTS, Part, PartBody, grow_part_size, read_part
 from job.streams import ChunkReader
@@ -100,8 +102,8 @@ class MultipartUploads:
         self,
         key: str,
         reader: ChunkReader,
-        slots: asyncio.Semaphore,
-        first: list[Part],
+        slots: PartSlots,
+        first: list[tuple[Part, int]],
         part_size: int,
         metadata: dict[str, str],
         *,
@@ -110,9 +112,10 @@ class MultipartUploads:
     ) -> str:
         """Upload ``first`` (popped from its list) and the rest of ``reader`` as one multipart upload of ``key``.
 
-        The caller holds one of ``slots`` for the first part; each further part takes one before it is read.
-        ``size`` is the listed size (``None``: unknown, parts grow); ``path`` names the file in errors.
-        Returns the completed object's ETag.
+        ``first`` is the first part and the room it took from ``slots``; each further part takes room before it
+        is read, and gives it back once sent (room a failed upload still holds is the caller's to give back:
+        ``slots.close()``). ``size`` is the listed size (``None``: unknown, parts grow); ``path`` names the file
+        in errors. Returns the completed object's ETag.
         """
         target = s3_uri(self.bucket, key)
         created = await self._conn.call(
@@ -130,36 +133,35 @@ class MultipartUploads:
         tasks: list[asyncio.Task[dict[str, Any]]] = []
         failed: list[asyncio.Task[dict[str, Any]]] = []
 
-        def part_done(task: asyncio.Task[dict[str, Any]]) -> None:
-            # Note a failure before freeing the slot, so the reader sees it before reading another part.
+        def part_done(taken: int, task: asyncio.Task[dict[str, Any]]) -> None:
+            # Note a failure before freeing the room, so the reader sees it before reading another part.
             if not task.cancelled() and task.exception() is not None:
                 failed.append(task)
-            slots.release()
+            slots.release(taken)
 
         try:
-            number, part = 1, first.pop()
+            number, (part, taken) = 1, first.pop()
             new_hash = CHECKSUMS[self.checksum][0]
             while True:
                 task = asyncio.create_task(self._upload_part(key, upload_id, number, part, path))
-                task.add_done_callback(part_done)
+                task.add_done_callback(functools.partial(part_done, taken))
                 tasks.append(task)
                 del part
                 if await reader.at_eof():
                     break
-                await slots.acquire()
-                if failed:  # fail fast: a refused part stops the reading
-                    slots.release()
-                    await failed[0]
                 if size is None:
                     part_size = grow_part_size(part_size, number)
                 number += 1
                 if number > MAX_PARTS:
-                    slots.release()
                     raise DestinationError(
                         f"uploading {target}: more than {MAX_PARTS} parts of up to {part_size} bytes",
                         uri=target,
                         path=path,
                     )
+                taken = await slots.acquire(part_size if size is None else min(part_size, size - reader.consumed))
+                if failed:  # fail fast: a refused part stops the reading
+                    slots.release(taken)
+                    await failed[0]
                 part = await read_part(reader, part_size, new_hash)
             parts = [await task for task in tasks]
             response = await self._complete(key, upload_id, parts, reader.consumed, path)

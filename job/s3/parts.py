@@ -26,6 +26,7 @@ from job.streams import ChunkReader
 
 __all__ = [
     "CHECKSUMS",
+    "DEFAULT_PART_MEMORY",
     "DEFAULT_PART_SIZE",
     "MAX_PARTS",
     "MAX_PART_SIZE",
@@ -49,6 +50,8 @@ MAX_PARTS = 10_000
 """S3's most parts in one upload."""
 DEFAULT_PART_SIZE = 8 * MiB
 """s3transfer's default: large enough to be efficient, small enough that parts x files stays small."""
+DEFAULT_PART_MEMORY = 24 * MiB
+"""Bytes of parts an S3 destination holds at once, all files together (``MODEL_SYNC_PART_MEMORY_MIB``)."""
 
 
 def choose_part_size(size: int | None, configured: int | None = None) -> int:

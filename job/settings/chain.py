@@ -203,9 +203,10 @@ class Settings(BaseSettings):
         "answer tells.",
     )
 
-    # --- transfer: memory ceiling. An S3 upload buffers up to parallel_files x (parallel_parts + 1) x part size:
-    # 4 x 3 x 8 MiB = 96 MiB with the defaults (the 8 MiB part a file up to about 78 GiB gets; larger files get
-    # larger parts, job.s3.parts), plus about one 1 MiB chunk in flight per file. OCI streams: chunks only. ---
+    # --- transfer: memory ceiling. An S3 destination holds at most part_memory_mib of parts, all files together
+    # (24 MiB by default: three 8 MiB parts, the size a file up to about 78 GiB gets; a larger part is sent alone,
+    # job.s3.budget), each file at most parallel_parts of them, plus about one 1 MiB chunk in flight per file.
+    # OCI streams: chunks only. ---
     parallel_files: int = Field(4, ge=1, le=64, description="Files moved at once.")
     max_files: int = Field(
         100_000, ge=1, description="Files a source may list (links expanded included); more is an error."
@@ -213,6 +214,13 @@ class Settings(BaseSettings):
     parallel_parts: int = Field(2, ge=1, le=64, description="Parts in flight per multipart upload.")
     part_size_mib: int | None = Field(
         None, ge=5, le=5120, description="Multipart part size in MiB (default: chosen from the file size)."
+    )
+    part_memory_mib: int = Field(
+        24,
+        ge=5,
+        le=65536,
+        description="MiB of multipart parts held in memory at once, all files together: the S3 destination's "
+        "memory ceiling (a part larger than this is sent alone).",
     )
 
     # --- retries and timeouts (job.retry.RetrySettings): smallest unit first, a request, a part, a file ---

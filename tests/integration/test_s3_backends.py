@@ -125,6 +125,42 @@ async def test_model_round_trips_through_the_engine(weed: S3Server, moto_s3: S3S
     assert open_uploads(dst_server, dst_bucket) == []
 
 
+async def test_parts_of_all_files_together_stay_within_the_part_memory(weed: S3Server) -> None:
+    # Four multipart files and small ones in flight at once, 2 parts each allowed, but room for only three
+    # 5 MiB parts in all: the bodies in flight never exceed it, small files take only their size, and the
+    # budget is whole again at the end.
+    src_bucket, dst_bucket = fresh_bucket(weed, "src"), fresh_bucket(weed, "dst")
+    files = {f"w{i}.bin": payload(3 * PART + i, 20 + i) for i in range(4)}
+    files.update({f"s{i}.txt": b"x" * (i + 1) for i in range(8)})
+    upload_model(weed, src_bucket, "m/", files)
+    source = S3Source(s3_location(weed, src_bucket, "m/"))
+    destination = S3Destination(
+        s3_location(weed, dst_bucket, "out/"), parallel_parts=2, part_size=PART, part_memory=3 * PART
+    )
+    client = await destination._conn.client()
+    in_flight, peak = 0, 0
+
+    def counting(call: Any) -> Any:
+        async def counted(**kwargs: Any) -> Any:
+            nonlocal in_flight, peak
+            size = len(kwargs["Body"])
+            in_flight += size
+            peak = max(peak, in_flight)
+            try:
+                return await call(**kwargs)
+            finally:
+                in_flight -= size
+
+        return counted
+
+    client.upload_part = counting(client.upload_part)
+    client.put_object = counting(client.put_object)
+    await transfer(source, destination, TransferSettings(parallel_files=6))
+    assert read_tree(weed, dst_bucket, "out/") == files
+    assert 2 * PART < peak <= 3 * PART  # the budget was used, and not exceeded
+    assert destination._budget.held == 0
+
+
 async def test_single_object_key_is_a_one_file_model(weed: S3Server) -> None:
     bucket = fresh_bucket(weed)
     upload_model(weed, bucket, "models/m/")
@@ -340,6 +376,7 @@ async def test_a_refused_part_stops_the_reading(weed: S3Server) -> None:
     await destination.close()
     assert stream.position == PART + MiB  # part 1 and the chunk read ahead to see it was not the last
     assert open_uploads(weed, bucket) == []
+    assert destination._budget.held == 0  # a failed file gives its room back: the next try is not starved
 
 
 # --- reading and writing details --------------------------------------------------------------------

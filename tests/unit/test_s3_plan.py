@@ -146,6 +146,7 @@ def job_config(source: object, destination: object, *, part_size: int | None = N
         max_files=100_000,
         parallel_parts=5,
         part_size=part_size,
+        part_memory=40 * MiB,
         termination_message_path=Path("/dev/null"),
     )
 
@@ -157,6 +158,7 @@ async def test_the_factories_read_each_side_and_the_engine_limits() -> None:
     assert isinstance(source, S3Source) and isinstance(destination, S3Destination)
     assert source.key == "models/m"
     assert (destination.prefix, destination.parallel_parts, destination.part_size) == ("out", 5, 16 * MiB)
+    assert destination.part_memory == 40 * MiB
     assert (destination.checksum, destination.checksum_single) == ("CRC32", "SHA256")
     assert source._conn.max_pool_connections == destination._conn.max_pool_connections == 15  # files x parts
     await source.close()

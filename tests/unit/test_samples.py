@@ -116,6 +116,7 @@ EXPECTED: dict[str, dict[str, object]] = {
         "destination.region": "eu-central-1",
         "parallel_files": 4,
         "parallel_parts": 4,
+        "part_memory": 64 * 1024 * 1024,
     },
     "indexed-job-many-models.yaml": {"intent": "update_artifact", "source.bucket": "models"},
 }
