@@ -132,6 +132,7 @@ class MemorySource:
         self.list_error = list_error
         self.fail_times = dict(fail_times or {})
         self.seekable = seekable
+        self.one_pass = False
         self.etags = dict(etags or {})
         self.opened: list[tuple[str, int]] = []
         self.streams: dict[str, FailingStream] = {}

@@ -5,6 +5,10 @@ Call order, made by the engine:
    written by ``lookup``/``put`` below; a group of several (an OCI layer that holds several files) by
    ``lookup_group``/``put_group``, which are the same steps for the group as one unit. A destination
    that writes file by file inherits :class:`OneFilePerPut`.
+   A ``one_pass`` source (a tar.gz read once) is planned as it is listed instead: ``groups_ahead()`` says how
+   many files may be planned one at a time, each with ``plan([obj], taken=n)`` (``n`` groups already
+   planned so) as soon as it is listed, and those listed beyond that number are planned together once the
+   listing ends, ``plan(rest, taken=n)``. ``plan`` must keep what it checks across the calls of one run.
 0. ``lookup(obj)`` once per file before it is read: the ``Uploaded`` an earlier try of the job
    already wrote for ``obj`` (same path, size and source identity, see ``job.model.source_identity``),
    or None. A file found is neither read nor put; its ``Uploaded.size`` must be ``obj.size``.
@@ -47,8 +51,15 @@ FileFeed = AsyncIterator[tuple[ObjectInfo, AsyncIterator[bytes]]]
 class Destination(Protocol):
     """Where the model goes."""
 
-    async def plan(self, objects: Sequence[ObjectInfo]) -> Sequence[Sequence[ObjectInfo]]:
-        """The listing's files in groups, each file in exactly one; groups in the order to start them."""
+    async def plan(self, objects: Sequence[ObjectInfo], *, taken: int = 0) -> Sequence[Sequence[ObjectInfo]]:
+        """The listing's files in groups, each file in exactly one; groups in the order to start them.
+
+        ``taken``: groups already planned for this model (files planned one at a time while a one-pass source
+        listed them): the plan has that many fewer to give."""
+        ...
+
+    async def groups_ahead(self) -> int | None:
+        """How many files may be planned one per group before the listing is known whole; None: any number."""
         ...
 
     async def lookup_group(self, objs: Sequence[ObjectInfo]) -> list[Uploaded] | None:
@@ -84,8 +95,11 @@ class Destination(Protocol):
 class OneFilePerPut:
     """For a destination that writes each file on its own (S3): every group holds one file."""
 
-    async def plan(self, objects: Sequence[ObjectInfo]) -> Sequence[Sequence[ObjectInfo]]:
+    async def plan(self, objects: Sequence[ObjectInfo], *, taken: int = 0) -> Sequence[Sequence[ObjectInfo]]:
         return [[obj] for obj in objects]
+
+    async def groups_ahead(self) -> int | None:
+        return None
 
     async def lookup_group(self, objs: Sequence[ObjectInfo]) -> list[Uploaded] | None:
         raise TypeError(f"{type(self).__name__} writes one file per put; it has no groups")

@@ -4,7 +4,8 @@ Call order and what runs when (see ``job.destinations.base`` for the engine's si
 
 * ``plan`` resolves the base image and groups the files into layers within the image's layer budget
   (``MODEL_SYNC_DESTINATION_OCI_MAX_LAYERS``, base layers included; ``job.oci.layout``): a layer per
-  file while they fit, else small files packed together and, past that, neighbours sharing.
+  file while they fit, else small files packed together and, past that, neighbours sharing (a tar.gz,
+  planned as it is listed: a layer per file for half the budget, the rest planned together).
 * The base image is resolved once (by ``plan``, or the **first** ``put``), under a lock (its manifest
   or index, every platform manifest and config: a few small GETs, so a wrong base or login fails before
   model bytes move), then its blobs are copied into the target repository by a background task, so the
@@ -34,8 +35,8 @@ pushed its manifest (then died before the registry recorded it), or an update of
 files changed, sends only what is new. A try killed before its manifest was pushed leaves its finished
 blobs unreferenced (the registry's garbage collection removes them); the rerun sends them again.
 
-A file whose size the source cannot tell (http without Content-Length: rare) is spooled to
-``storage_path`` first, because the tar header holds the size and comes before the bytes.
+A file of unknown size (http without Content-Length: rare) is spooled to ``storage_path`` first: its tar header
+holds the size and comes before the bytes.
 """
 
 from __future__ import annotations
@@ -222,28 +223,33 @@ class OciDestination:
 
     # --- the Destination protocol ---------------------------------------------------------------
 
-    async def plan(self, objects: Sequence[ObjectInfo]) -> list[list[ObjectInfo]]:
-        """The model's layers within the budget (``job.oci.layout``); resolves the base image first."""
+    async def _budget(self) -> int:
+        """Layers the model's files may take: the image's budget less the base image's and the reserved ones."""
+        return self.max_layers - (await self._prepare()).most_layers - self.reserved_layers
+
+    async def groups_ahead(self) -> int:
+        """Half the layers go one file each as a one-pass source lists; the rest are planned together after."""
+        await self.plan([], taken=1)  # no layer left for the files: refused now, before a byte moves
+        return await self._budget() // 2
+
+    async def plan(self, objects: Sequence[ObjectInfo], *, taken: int = 0) -> list[list[ObjectInfo]]:
+        """The model's layers within the budget (``job.oci.layout``) less ``taken``; resolves the base image first."""
         base = await self._prepare()
-        base_layers = base.most_layers
         unknown = [[o] for o in objects if o.size is None]  # spooled, each alone (rare: http, no length)
         known = [o for o in objects if o.size is not None]
-        budget = self.max_layers - base_layers - len(unknown) - self.reserved_layers
+        budget = await self._budget() - len(unknown) - taken
         if (budget < 1 and known) or budget < 0:
             raise ConfigError(
                 f"MODEL_SYNC_DESTINATION_OCI_MAX_LAYERS={self.max_layers}: the base image {base.reference} has "
-                f"{base_layers} layers, which leaves no layer for the model's files; raise it (at most "
+                f"{base.most_layers} layers, which leaves no layer for the model's files; raise it (at most "
                 f"{MAX_LAYERS_LIMIT}) or use a base image with fewer layers"
             )
         groups = [[known[i] for i in group] for group in plan_layers(_files(known), budget)] if known else []
         if len(groups) < len(known):
             log.info(
                 "%d files in %d layers (+%d of the base image): MODEL_SYNC_DESTINATION_OCI_MAX_LAYERS=%d",
-                len(objects),
-                len(groups) + len(unknown),
-                base_layers,
-                self.max_layers,
-            )
+                len(objects), len(groups) + len(unknown), base.most_layers, self.max_layers,
+            )  # fmt: skip
         return groups + unknown
 
     async def put(self, obj: ObjectInfo, data: AsyncIterator[bytes]) -> Uploaded:

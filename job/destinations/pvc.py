@@ -246,6 +246,7 @@ class PvcDestination(OneFilePerPut):
         self._busy: set[asyncio.Future[Any]] = set()
         self._dirs: set[PurePosixPath] = set()
         """Directories a file was renamed into or created in: fsynced by ``commit``."""
+        self._planned: set[PurePosixPath] = set()  # every path planned (a one-pass source: file by file)
         self._xattrs_warned = False
 
     def _error(self, what: str, cause: str) -> DestinationError:
@@ -298,15 +299,15 @@ class PvcDestination(OneFilePerPut):
                 self._root_fd = await self._run(what, self._open_root, create, orphan=_close_fd)
             return self._root_fd
 
-    async def plan(self, objects: Sequence[ObjectInfo]) -> Sequence[Sequence[ObjectInfo]]:
-        """One file per group; refuses a listing that holds both ``x`` and ``x.part`` (the first's temporary name)."""
-        paths = {obj.path for obj in objects}
-        for obj in objects:
-            name = obj.path.name
+    async def plan(self, objects: Sequence[ObjectInfo], *, taken: int = 0) -> Sequence[Sequence[ObjectInfo]]:
+        """One file per group; refuses both ``x`` and ``x.part`` (the first's temporary name), also across calls."""
+        self._planned.update(obj.path for obj in objects)
+        for path, name in ((obj.path, obj.path.name) for obj in objects):
+            pairs = [(path.with_name(name + PART_SUFFIX), path)]  # (temporary name, the file written)
             if len(name) > len(PART_SUFFIX) and name.endswith(PART_SUFFIX):
-                other = obj.path.with_name(name[: -len(PART_SUFFIX)])
-                if other in paths:
-                    raise self._error(str(obj.path), f"it is also the temporary name of {other} while that is written")
+                pairs.append((path, path.with_name(name[: -len(PART_SUFFIX)])))
+            if clash := next(((p, f) for p, f in pairs if p in self._planned and f in self._planned), None):
+                raise self._error(str(clash[0]), f"it is also the temporary name of {clash[1]} while that is written")
         return await super().plan(objects)
 
     async def lookup(self, obj: ObjectInfo) -> Uploaded | None:

@@ -69,6 +69,8 @@ class ProgressSnapshot:
     """``None`` when a source could not tell a file's size (http without Content-Length)."""
     elapsed: float
     """Seconds since ``start``."""
+    listing: bool = False
+    """A one-pass source is still listing: the totals are those listed so far."""
 
     @property
     def percent(self) -> float | None:
@@ -94,10 +96,11 @@ class ProgressSnapshot:
     def describe(self) -> str:
         """``1.20 GB of 4.00 GB (30.0%), 3 of 10 files, 150 MB/s, ETA 19s``."""
         if self.bytes_total is None:
-            amount = f"{format_bytes(self.bytes_done)} (total unknown)"
+            amount = f"{format_bytes(self.bytes_done)} ({'still listing' if self.listing else 'total unknown'})"
         else:
             amount = f"{format_bytes(self.bytes_done)} of {format_bytes(self.bytes_total)} ({self.percent:.1f}%)"
-        text = f"{amount}, {self.files_done} of {self.files_total} files, {self.rate / 1e6:.1f} MB/s"
+        more = "+" if self.listing else ""
+        text = f"{amount}, {self.files_done} of {self.files_total}{more} files, {self.rate / 1e6:.1f} MB/s"
         eta = self.eta
         if eta is not None and self.bytes_done < (self.bytes_total or 0):
             text += f", ETA {format_duration(eta)}"
@@ -138,6 +141,8 @@ class ProgressReporter:
         self.files_done = 0
         self.bytes_total: int | None = None
         self.bytes_done = 0
+        self._listed_bytes: int | None = 0
+        self._listing = False
         self._started = clock()
         self._due = float("inf")  # nothing is logged before start()
 
@@ -146,20 +151,37 @@ class ProgressReporter:
         """Seconds between interval lines."""
         return self._interval if self._interval is not None else DEFAULT_INTERVAL
 
-    def start(self, *, files: int, total_bytes: int | None, interval: float | None = None) -> None:
-        """The listing is known: reset the counters, start the clock and log what is about to move."""
+    def start(self, *, files: int | None, total_bytes: int | None, interval: float | None = None) -> None:
+        """The listing is known: reset the counters, start the clock and log what is about to move.
+
+        ``files=None``: the files move as the source lists them (a one-pass source); :meth:`listed` counts them
+        and :meth:`listing_done` sets the byte total once the listing has ended."""
         if self._interval is None and interval is not None:
             if interval <= 0:
                 raise ValueError(f"progress interval must be > 0 seconds, got {interval}")
             self._interval = interval
-        self.files_total, self.bytes_total = files, total_bytes
+        self.files_total, self.bytes_total = files or 0, total_bytes
+        self._listed_bytes = 0
+        self._listing = files is None
         self.files_done = self.bytes_done = 0
         self._started = now = self._clock()
         self._due = now + self.interval
+        if files is None:
+            self._log.info("transferring the files as the source lists them (it is read once)")
+            return
         size = format_bytes(total_bytes) if total_bytes is not None else "an unknown number of bytes"
         self._log.info(
             "transferring %d files, %s", files, size, extra={"files_total": files, "bytes_total": total_bytes}
         )
+
+    def listed(self, size: int | None) -> None:
+        """One more file listed while the files already move (after ``start(files=None)``)."""
+        self.files_total += 1
+        self._listed_bytes = None if size is None or self._listed_bytes is None else self._listed_bytes + size
+
+    def listing_done(self) -> None:
+        """The listing ended (after ``start(files=None)``): the byte total is known, when every size was."""
+        self.bytes_total, self._listing = self._listed_bytes, False
 
     def advance(self, n: int) -> None:
         """``n`` more bytes passed. Called once per chunk: a counter and one clock comparison."""
@@ -210,6 +232,7 @@ class ProgressReporter:
             bytes_done=self.bytes_done,
             bytes_total=self.bytes_total,
             elapsed=self._clock() - self._started,
+            listing=self._listing,
         )
 
     def finish(self) -> ProgressSnapshot:

@@ -6,7 +6,7 @@ See ``job.engine.transfer`` for the whole; this is its step 3 for one group.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from dataclasses import replace
 
 from job.destinations.base import Destination
@@ -31,11 +31,13 @@ async def put_group(
     retry: RetrySettings,
     *,
     hash_all: bool = False,
+    on_open: Callable[[], None] | None = None,
 ) -> list[Uploaded]:
     """One group: skipped when the destination already has it, else put, and put again while retryable.
 
     ``hash_all``: every file's sha256 is needed (a signed run): a file found at the destination without
-    one is sent again rather than skipped, and every stream is hashed."""
+    one is sent again rather than skipped, and every stream is hashed. ``on_open`` is called once the
+    file's source is open (a one-pass source then serves it before it lists on), or found not to be needed."""
     what = str(group[0].path) if len(group) == 1 else f"{len(group)} files from {group[0].path}"
     found = await (destination.lookup(group[0]) if len(group) == 1 else destination.lookup_group(group))
     if found is not None:
@@ -51,12 +53,14 @@ async def put_group(
                     f"writing {obj.path}: the destination holds {one.size} bytes, the source lists {obj.size}"
                 )
             progress.file_skipped(obj.path, one.size)
+        if on_open is not None:
+            on_open()
         return found
     before_sleep = log_before_sleep(log, f"sending {what}", retry.file_attempts, _cause)
     async for attempt in retry.policy(attempts=retry.file_attempts, before_sleep=before_sleep):
         with attempt:
             if len(group) == 1:
-                return [await _put_attempt(source, destination, group[0], progress, retry, hash_all)]
+                return [await _put_attempt(source, destination, group[0], progress, retry, hash_all, on_open)]
             return await _put_group_attempt(source, destination, group, progress, retry, hash_all)
     raise AssertionError("unreachable: the retry policy re-raises")  # pragma: no cover
 
@@ -90,6 +94,7 @@ async def _put_attempt(
     progress: ProgressReporter,
     retry: RetrySettings,
     hash_all: bool,
+    on_open: Callable[[], None] | None = None,
 ) -> Uploaded:
     log.debug("putting %s (%s bytes)", obj.path, obj.size)
     reader = SourceReader(source, obj, retry)
@@ -97,6 +102,8 @@ async def _put_attempt(
     read_to_end = False
     try:
         await reader.start()
+        if on_open is not None:
+            on_open()
         stream = CheckedStream(obj, reader, on_chunk=progress.advance, hash_all=hash_all)
         try:
             uploaded = await destination.put(obj, stream)

@@ -4,13 +4,16 @@
 :class:`~job.destinations.base.Destination`:
 
 1. **List** the source fully before any byte moves, and check the listing: not empty, no path twice,
-   no path that is both a file and a directory of another (``a`` and ``a/b``).
+   no path that is both a file and a directory of another (``a`` and ``a/b``) (``job.engine.listing``).
+   A ``one_pass`` source (a tar.gz, which has no random access) is not listed first: each file is planned
+   and put as soon as it is listed, so the source is read once (``job.engine.streamed``); steps 2 and 3
+   then run file by file.
 2. **Plan**: the destination groups the files (``plan``): one file per group, or for an OCI image
    whose layer budget is short, several files per layer. A group of several files is moved as one
    unit, like a file below: looked up, put (its files opened one after the other as ``put_group`` takes
    them, each wrapped as below) and retried as a whole.
 3. **Put** the groups, ``parallel_files`` at a time (a fixed pool of workers taking groups in planned
-   order). A destination with ``lookup(obj)`` is asked first whether an earlier try already wrote the
+   order: ``job.engine.schedule``). A destination with ``lookup(obj)`` is asked first whether an earlier try already wrote the
    file (same size and source identity): then it is not read nor sent again. Otherwise the file's
    source stream (a :class:`~job.engine.resume.SourceReader`, which resumes a broken read at its offset on a
    ``seekable`` source) is wrapped once in a :class:`~job.streams.CheckedStream` (byte count, progress,
@@ -38,19 +41,19 @@ import logging
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field, replace
-from pathlib import PurePosixPath
 from typing import Protocol
 
 from job.cleanup import run_to_end
 from job.destinations.base import Destination
+from job.engine.listing import check_listing, closing, list_all, next_listed
 from job.engine.progress import ProgressReporter
-from job.engine.put import put_group
 from job.engine.resume import open_source
-from job.errors import ConfigError, IntegrityError, ModelSyncError, SourceError
-from job.model import Committed, ObjectInfo, Uploaded, safe_relative_path, sha256_digest
+from job.engine.schedule import put_all
+from job.engine.streamed import put_while_listing
+from job.errors import ConfigError, IntegrityError
+from job.model import Committed, ObjectInfo, Uploaded, sha256_digest
 from job.retry import RetrySettings
 from job.sources.base import Source
-from job.streams import describe
 
 __all__ = [
     "TransferResult",
@@ -125,126 +128,6 @@ class TransferResult:
     """One per file, in listing order (what ``commit`` received)."""
 
 
-def check_listing(objects: Sequence[ObjectInfo]) -> None:
-    """Raise :class:`SourceError` unless the listing can become one model tree.
-
-    Refused: an empty listing, an unsafe path, a negative size, a path listed twice, and a path that is
-    both a file and a directory of another (``a`` and ``a/b``), which no file system can hold.
-    """
-    if not objects:
-        raise SourceError("source holds no files")
-    files: set[PurePosixPath] = set()
-    dirs: dict[PurePosixPath, PurePosixPath] = {}  # directory -> the first file listed below it
-    for obj in objects:
-        path = obj.path
-        if safe_relative_path(str(path)) != path:
-            raise SourceError(f"refusing path {str(path)!r}: not a normalized relative path")
-        if obj.size is not None and obj.size < 0:
-            raise SourceError(f"source lists {path} with a negative size ({obj.size})", path=str(path))
-        if path in files:
-            raise SourceError(f"source lists {path} twice", path=str(path))
-        if path in dirs:
-            raise SourceError(f"source lists {path} both as a file and as a directory of {dirs[path]}")
-        for parent in path.parents[:-1]:  # parents[-1] is "."
-            if parent in files:
-                raise SourceError(f"source lists {parent} both as a file and as a directory of {path}")
-            dirs.setdefault(parent, path)
-        files.add(path)
-
-
-async def _put_all(
-    source: Source,
-    destination: Destination,
-    objects: Sequence[ObjectInfo],
-    settings: TransferSettings,
-    progress: ProgressReporter,
-    hash_all: bool,
-) -> list[Uploaded]:
-    groups = await _plan(destination, objects)
-    position = {obj.path: i for i, obj in enumerate(objects)}
-    results: list[Uploaded | None] = [None] * len(objects)
-    todo = iter(groups)  # shared by the workers: groups start in the planned order
-    first_error: list[BaseException] = []
-
-    async def worker() -> None:
-        for group in todo:
-            try:
-                done = await put_group(source, destination, group, progress, settings.retry, hash_all=hash_all)
-                for obj, one in zip(group, done, strict=True):
-                    results[position[obj.path]] = one
-            except Exception as exc:
-                if not first_error:
-                    first_error.append(exc)
-                raise
-
-    # A fixed pool of workers rather than a task per file behind a semaphore: the same cap, and a
-    # listing of 100k files does not become 100k tasks. Not asyncio.TaskGroup: on 3.11 it can leave the
-    # parent's cancel count raised after a child fails, and it wraps errors in a group.
-    workers = [
-        asyncio.create_task(worker(), name=f"transfer-worker-{n}")
-        for n in range(min(settings.parallel_files, len(groups)))
-    ]
-    try:
-        await asyncio.wait(workers, return_when=asyncio.FIRST_EXCEPTION)
-    finally:
-        # On a failure or a cancellation: stop the other puts and wait until they have unwound, so
-        # abort() never races a put that is still starting an upload.
-        interrupted = await _cancel_and_wait(workers)
-    if interrupted:  # we were cancelled while stopping the others: the cancellation wins
-        raise asyncio.CancelledError from (first_error[0] if first_error else None)
-    if first_error:
-        raise first_error[0]
-    for done in workers:
-        if not done.cancelled() and (error := done.exception()) is not None:
-            raise error  # a BaseException that is not an Exception (KeyboardInterrupt)
-    if any(u is None for u in results):  # a worker was cancelled by someone else (loop shutdown)
-        raise asyncio.CancelledError
-    return [u for u in results if u is not None]
-
-
-async def _plan(destination: Destination, objects: Sequence[ObjectInfo]) -> list[Sequence[ObjectInfo]]:
-    """The destination's groups, checked to hold every listed file exactly once."""
-    groups = [group for group in await destination.plan(objects) if group]
-    planned = sorted(str(obj.path) for group in groups for obj in group)
-    if planned != sorted(str(obj.path) for obj in objects):
-        raise AssertionError(f"{type(destination).__name__}.plan did not group each listed file exactly once")
-    return groups
-
-
-async def _cancel_and_wait(tasks: Sequence[asyncio.Task[None]]) -> bool:
-    """Cancel ``tasks`` and wait until all are done, even through repeated cancellation of the caller.
-
-    Returns True if the caller was cancelled meanwhile. Marks every task's exception as retrieved.
-    """
-    for task in tasks:
-        task.cancel()
-    interrupted = False
-    while not all(task.done() for task in tasks):
-        try:
-            await asyncio.wait(tasks)
-        except asyncio.CancelledError:
-            interrupted = True
-    for task in tasks:
-        if not task.cancelled():
-            task.exception()
-    return interrupted
-
-
-async def _list_all(source: Source, max_files: int) -> list[ObjectInfo]:
-    objects: list[ObjectInfo] = []
-    try:
-        async for obj in source.list():
-            objects.append(obj)
-            if len(objects) > max_files:  # a listing that never ends must not grow memory without bound
-                raise SourceError(f"listing the source: more than {max_files} files (MODEL_SYNC_MAX_FILES)")
-    except ModelSyncError:
-        raise
-    except Exception as exc:
-        raise SourceError(f"listing the source: {describe(exc)}") from exc
-    check_listing(objects)
-    return objects
-
-
 async def _put_bytes(destination: Destination, obj: ObjectInfo, data: bytes, retry: RetrySettings) -> Uploaded:
     """Write one small file the run made itself (a signature), retried like any file."""
 
@@ -301,17 +184,33 @@ async def transfer(
     budget = _Budget(settings.cleanup_timeout)
     try:
         try:
-            objects = await _list_all(source, settings.max_files)
-            if epilogue is not None:
-                objects = epilogue.listing(objects)
-            total = None if any(o.size is None for o in objects) else sum(o.size or 0 for o in objects)
-            reporter.start(files=len(objects), total_bytes=total, interval=settings.progress_interval)
-            ticker = asyncio.create_task(reporter.run_ticker(), name="progress-ticker")
-            try:
-                hash_all = epilogue is not None and epilogue.hash_all
-                uploaded = await _put_all(source, destination, objects, settings, reporter, hash_all)
-            finally:
-                ticker.cancel()
+            hash_all = epilogue is not None and epilogue.hash_all
+            async with closing(source.list()) as listing:
+                first = await next_listed(listing, 0, settings.max_files)
+                one_pass = first is not None and source.one_pass
+                if not one_pass:
+                    objects = await list_all(first, listing, settings.max_files)
+                    if epilogue is not None:
+                        objects = epilogue.listing(objects)
+                    total = None if any(o.size is None for o in objects) else sum(o.size or 0 for o in objects)
+                    reporter.start(files=len(objects), total_bytes=total, interval=settings.progress_interval)
+                else:
+                    reporter.start(files=None, total_bytes=None, interval=settings.progress_interval)
+                ticker = asyncio.create_task(reporter.run_ticker(), name="progress-ticker")
+                try:
+                    if first is not None and one_pass:
+                        uploaded = await put_while_listing(
+                            source, destination, first, listing, reporter, settings.retry,
+                            parallel_files=settings.parallel_files, max_files=settings.max_files, hash_all=hash_all,
+                            keep=lambda obj: epilogue is None or bool(epilogue.listing([obj])),
+                        )  # fmt: skip
+                    else:
+                        uploaded = await put_all(
+                            source, destination, objects, reporter, settings.retry,
+                            parallel_files=settings.parallel_files, hash_all=hash_all,
+                        )  # fmt: skip
+                finally:
+                    ticker.cancel()
             if epilogue is not None:
                 for obj, data in await epilogue.files(uploaded):
                     uploaded.append(await _put_bytes(destination, obj, data, settings.retry))

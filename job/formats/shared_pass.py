@@ -30,7 +30,7 @@ from job.streams import ChunkReader
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SharedPass"]
+__all__ = ["PassInput", "SharedPass"]
 
 
 class SharedPass:
@@ -75,11 +75,17 @@ class SharedPass:
         return SourceError(f"{self._where}: {self._what} ends early (at byte {position})", uri=self._where)
 
     @asynccontextmanager
-    async def open(self, start: int, size: int, name: str) -> AsyncIterator[AsyncIterator[bytes]]:
-        """The ``size`` bytes at ``start`` of the stream, as chunks; ``name`` is for the restart warning."""
+    async def open(
+        self, start: int, size: int, name: str, *, exact: bool = True
+    ) -> AsyncIterator[AsyncIterator[bytes]]:
+        """The ``size`` bytes at ``start`` of the stream, as chunks; ``name`` is for the restart warning.
+
+        The ticket is taken when the context is entered, before any await: the engine's open order is kept, and
+        a pass that is also listing (``read``) serves a file opened as soon as it was listed before it reads on.
+        ``exact=False``: a stream that ends within the range is not an error (the range is cut there)."""
         ticket = next(self._tickets)
         self._queue[ticket] = start  # queued before any await: the engine's open order is kept
-        chunks = self._range(ticket, start, size, name)
+        chunks = self._range(ticket, start, size, name, exact)
         try:
             yield chunks
         finally:
@@ -87,6 +93,20 @@ class SharedPass:
             self._release(ticket)
             if self._end is not None and self._pos >= self._end and not self._queue and self._reader is not None:
                 await self.close()  # done: a later range behind the pass would restart it anyway
+
+    async def read(self, start: int, n: int, name: str) -> bytes:
+        """The ``n`` bytes at ``start`` as one ``bytes``, fewer only where the stream ends, taking a ticket like
+        :meth:`open` (a tar header read between the members it lists). A stream that ends before ``start`` is
+        ``truncated``: what lay between was skipped as some member's data, and that member was cut short."""
+        async with self.open(start, n, name, exact=False) as chunks:
+            return b"".join([chunk async for chunk in chunks])
+
+    async def read_to_end(self, start: int, name: str) -> None:
+        """Read and drop the stream from ``start`` to its very end, so that a stream checking itself there (gzip's
+        CRC and length) does so now; a ticket like :meth:`open`."""
+        async with self.open(start, 1 << 62, name, exact=False) as chunks:
+            async for _ in chunks:
+                pass
 
     def _release(self, ticket: int) -> None:
         self._queue.pop(ticket, None)
@@ -98,7 +118,7 @@ class SharedPass:
     def _next_ticket(self) -> int:
         return min(self._queue, key=lambda t: (self._queue[t] < self._pos, self._queue[t], t))
 
-    async def _range(self, ticket: int, start: int, size: int, name: str) -> AsyncGenerator[bytes, None]:
+    async def _range(self, ticket: int, start: int, size: int, name: str, exact: bool) -> AsyncGenerator[bytes, None]:
         while self._owner is not None or self._next_ticket() != ticket:
             changed = self._changed
             await changed.wait()
@@ -109,12 +129,14 @@ class SharedPass:
             assert self._reader is not None
             async for chunk in self._reader.iter_part(start - self._pos):
                 self._pos += len(chunk)
+            if self._pos < start:
+                raise self._truncated(self._pos)
             remaining = size
             async for chunk in self._reader.iter_part(remaining):
                 self._pos += len(chunk)
                 remaining -= len(chunk)
                 yield chunk
-            if remaining:
+            if remaining and exact:
                 raise self._truncated(self._pos)
             if self._read_to_the_end and self._end is not None and self._pos >= self._end:
                 # The last range is served: read the rest too, so that a stream that checks itself at its end
@@ -144,3 +166,24 @@ class SharedPass:
         stack, self._stack, self._reader = self._stack, None, None
         if stack is not None:
             await stack.aclose()
+
+
+class PassInput:
+    """Small reads at a moving position of a shared pass (a tar's headers between the members it lists).
+
+    Nothing is read ahead: the bytes between two reads are the reader's of whatever range was opened there, or
+    skipped by the next read (the pass moves forward to it) when nobody opened them. ``job.formats.tar.TarInput``.
+    """
+
+    def __init__(self, shared: SharedPass, what: str) -> None:
+        self._pass = shared
+        self._what = what
+        self.position = 0
+
+    async def read(self, n: int) -> bytes:
+        data = await self._pass.read(self.position, n, self._what)
+        self.position += len(data)
+        return data
+
+    async def skip(self, n: int) -> None:
+        self.position += n  # a stream that ends within the skipped bytes fails the next read (truncated)

@@ -108,9 +108,17 @@ class ModelTree(Generic[T]):
         for path, member, payload in named:
             self._add(path, member, payload)
 
-    def add(self, member: Member, payload: T) -> None:
-        """Apply one entry (an archive read as a stream: refused as soon as it is read)."""
-        self._add(self._normalize(member.name), member, payload)
+    def add(self, member: Member, payload: T) -> PurePosixPath | None:
+        """Apply one entry (an archive read as a stream: refused as soon as it is read).
+
+        Returns the path the tree now lists ``payload`` under when the entry is a file of its own under the root
+        (not a link, which is resolved at the end), else None."""
+        path = self._normalize(member.name)
+        self._add(path, member, payload)
+        node = self._nodes.get(path)
+        if node is None or node.kind != "file" or node.alias or node.payload is not payload:
+            return None
+        return self._relative(path)
 
     def _refuse(self, entry: str, why: str) -> SourceError:
         return SourceError(f"{self.what}: refusing entry {entry!r}: {why}", path=entry)

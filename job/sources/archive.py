@@ -6,15 +6,16 @@ Each kind gets the cheapest design that keeps to it, with no temp disk where the
 * **tar, server serves ranges** (a 206 to ``Range: bytes=0-0``): ``list()`` walks the headers with ranged reads
   (one 64 KiB window per header, member data skipped, not downloaded) and keeps each member's data offset;
   ``open()`` is one ranged GET of exactly that member. Parallel, no disk, the archive is read once.
-* **tar.gz, or a tar on a server without ranges**: gzip has no random access. ``list()`` streams the archive once
-  through gunzip, reading headers and discarding data. ``open()`` is served by *one second pass shared by all
-  members*: an open waits until the pass reaches its member, then reads that member's bytes straight from the
-  decompressor; the pass advances only as fast as the member's reader, so nothing is buffered beyond one chunk.
-  gzip is recognised by its magic bytes, whatever the name says (a ``.tar`` may be gzipped; a ``.tar.gz`` sent
-  with ``Content-Encoding: gzip`` arrives already decompressed).
-  The engine opens members in listing order, which is archive order, so the pass never goes back; an open behind
-  it (a link's alias, a retried file) restarts it from the start, with a warning. Cost: the archive is
-  downloaded twice (list, then copy), with bounded memory and no disk.
+* **tar.gz, or a tar on a server without ranges**: gzip has no random access. The archive is read *once*, through
+  gunzip, by one pass shared by the listing and the members (:class:`~job.formats.shared_pass.SharedPass`):
+  ``list()`` reads each header through it and yields each file as soon as its header is read (the source is
+  ``one_pass``); the engine opens the file before it asks for the next, and the pass serves that member's bytes
+  straight from the decompressor before it reads on, advancing only as fast as the member's reader, so nothing is
+  buffered beyond one chunk. A file nobody opened is skipped. gzip is recognised by its magic bytes, whatever
+  the name says (a ``.tar`` may be gzipped; a ``.tar.gz`` sent with ``Content-Encoding: gzip`` arrives already
+  decompressed). An open behind the pass (a link's alias, listed at the end; a retried file) restarts it from
+  the start, with a warning: one more download. A later entry of a name already listed is listed again (it
+  replaces the first, as extracting does); one that turns a listed file into a directory is refused.
 * **zip**: the end of central directory record (ZIP64 too) and the central directory are read with ranged GETs;
   each member is one ranged GET of its local header and data, stored members passed through, deflated ones
   inflated on the fly (``zlib``, raw deflate), and their CRC-32 checked. A server without ranges: the zip is
@@ -41,8 +42,8 @@ from typing import Literal, Protocol
 
 from job.errors import SourceError
 from job.formats.gzip import GZIP_MAGIC, inflate
-from job.formats.shared_pass import SharedPass
-from job.formats.tar import RangedInput, StreamInput, TarEntry, scan_tar
+from job.formats.shared_pass import PassInput, SharedPass
+from job.formats.tar import RangedInput, TarEntry, scan_tar
 from job.formats.tree import MAX_FILES, ModelTree
 from job.formats.zip import RandomAccess, ZipEntry, open_zip_member, read_zip_entries
 from job.http.client import HttpClient
@@ -200,11 +201,12 @@ class _RangedTar:
 
 
 class _StreamedTar:
-    """A tar or tar.gz read front to back: listed in one pass, members served by one shared second pass.
+    """A tar or tar.gz read front to back, in one pass for the listing and the members opened as they are listed.
 
-    The second pass is a :class:`~job.formats.shared_pass.SharedPass` over the (decompressed) archive: members are
-    met in listing order, which is archive order, and a member behind the pass restarts it (a warning: that is one
-    more download).
+    The pass is a :class:`~job.formats.shared_pass.SharedPass` over the (decompressed) archive; the listing reads
+    each header through it, and a member opened before the next header is asked for is read from it in between.
+    A member opened later (a link's alias, a retried file, a reader that lists everything first) is behind the
+    pass and restarts it (a warning: that is one more download).
     """
 
     def __init__(self, client: HttpClient, url: str, where: str, *, first: Download | None) -> None:
@@ -227,9 +229,10 @@ class _StreamedTar:
 
     async def entries(self) -> AsyncGenerator[Entry, None]:
         what = f"unpacking {self._where}"
-        async with self._stream() as stream:
-            async for e in scan_tar(StreamInput(stream, what), what):
-                yield e
+        tar = PassInput(self._pass, "the next tar header")
+        async for e in scan_tar(tar, what):
+            yield e
+        await self._pass.read_to_end(tar.position, "the end of the archive")  # gzip checks its CRC there
 
     def open(self, e: Entry, offset: int) -> AbstractAsyncContextManager[AsyncIterator[bytes]]:
         return self._pass.open(e.offset + offset, e.size - offset, e.name)
@@ -277,6 +280,8 @@ class ArchiveSource:
 
     seekable = False
     """A member is read from a shared pass or inflated from its start: an offset is not cheap."""
+    one_pass = False
+    """True once ``list()`` found the archive must be read as a stream (tar.gz, or a tar without ranges)."""
 
     def __init__(
         self,
@@ -340,15 +345,36 @@ class ArchiveSource:
         pass meets them in order, the links' on a second round.
         """
         self._reader = reader = await self._open_reader()
+        self.one_pass = isinstance(reader, _StreamedTar)
         tree: ModelTree[Entry] = ModelTree(what=f"unpacking {self._where}", max_files=self.max_files)
+        listed: dict[PurePosixPath, Entry] = {}  # one pass: each file as soon as its header is read
         async with aclosing(reader.entries()) as entries:
             async for e in entries:
-                tree.add(e, e)
+                path = tree.add(e, e)
+                if path is None or not self.one_pass:
+                    continue
+                if gone := next((p for p in path.parents if p in listed), None):
+                    raise self._replaced(gone)
+                self._members[path] = listed[path] = e  # a later entry of the same name is listed again
+                yield ObjectInfo(path=path, size=e.size)
         files = sorted(tree.files(), key=lambda f: (f.alias, f.payload.offset))
         log.info("%s: %d files in the %s archive (read %s)", self._where, len(files), self.kind, self.mode)
+        if gone := next(iter(listed.keys() - {f.path for f in files}), None):
+            raise self._replaced(gone)
         for f in files:
+            if listed.get(f.path) is f.payload:
+                continue  # listed when its header was read
             self._members[f.path] = f.payload
             yield ObjectInfo(path=f.path, size=f.payload.size)
+
+    def _replaced(self, path: PurePosixPath) -> SourceError:
+        return SourceError(
+            f"unpacking {self._where}: a later entry replaces the file {path} by a directory (or removes it) after "
+            "its bytes were read; read as a stream, such an archive cannot be unpacked: repack it without the "
+            "earlier entry",
+            uri=self._where,
+            path=str(path),
+        )
 
     def open(self, obj: ObjectInfo, *, offset: int = 0) -> AbstractAsyncContextManager[AsyncIterator[bytes]]:
         """Stream one listed file from ``offset``."""

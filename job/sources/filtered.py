@@ -31,13 +31,18 @@ def matches(path: str, include: Sequence[str], exclude: Sequence[str]) -> bool:
 
 class FilteredSource:
     """A source that lists only the files passing the globs; reading is delegated unchanged, and so are the
-    inner source's capabilities (``seekable``)."""
+    inner source's capabilities (``seekable``, ``one_pass``: a file filtered out is one the engine does not
+    open, and a one-pass listing reads past its bytes)."""
 
     def __init__(self, inner: Source, include: Sequence[str], exclude: Sequence[str]) -> None:
         self._inner = inner
         self.seekable = inner.seekable
         self._include = tuple(include)
         self._exclude = tuple(exclude)
+
+    @property
+    def one_pass(self) -> bool:
+        return self._inner.one_pass
 
     async def list(self) -> AsyncIterator[ObjectInfo]:
         """The inner listing, filtered; an all-filtered listing says which globs removed everything."""

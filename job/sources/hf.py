@@ -62,6 +62,7 @@ class HfSource:
 
     seekable = False
     """Not for the engine: an http read resumes by itself with ``Range`` (``job.http.download.Download``)."""
+    one_pass = False
 
     def __init__(self, client: HttpClient, *, endpoint: str, repo: str, revision: str = DEFAULT_REVISION) -> None:
         self._client = client

@@ -109,6 +109,7 @@ class OciSource:
     seekable = True
     """``open(obj, offset=n)`` is a ranged GET (a tar layer: its pass restarted and skipped to ``n``), and a
     blob is addressed by its digest, so a resumed read is the same bytes: the engine resumes broken reads."""
+    one_pass = False
 
     def __init__(
         self,

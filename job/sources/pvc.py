@@ -37,6 +37,7 @@ class PvcSource:
 
     seekable = True
     """A read that broke is resumed at its offset (a seek), after the file's stat is checked again."""
+    one_pass = False
 
     def __init__(self, root: Path, *, chunk_size: int = 1024 * 1024) -> None:
         self._root = root

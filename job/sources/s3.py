@@ -54,6 +54,7 @@ class S3Source:
 
     seekable = True
     """``open(obj, offset=n)`` reads from byte ``n`` (a ranged GET): the engine resumes broken reads there."""
+    one_pass = False
 
     def __init__(
         self,

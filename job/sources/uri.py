@@ -48,6 +48,7 @@ class HttpFileSource:
 
     seekable = False
     """Not for the engine: an http read resumes by itself with ``Range`` (``job.http.download.Download``)."""
+    one_pass = False
 
     def __init__(self, client: HttpClient, url: str, *, first: Download | None = None) -> None:
         self._client = client
@@ -113,6 +114,11 @@ class UriSource:
         scoped.setdefault(location.hf_endpoint if self._hf else location.uri, {}).update(location.headers)
         self._client = HttpClient(settings=settings, scoped_headers=scoped, transport=transport)
         self._inner: Source | None = None
+
+    @property
+    def one_pass(self) -> bool:
+        """The backend's (an archive read as a stream); known once ``list()`` has picked it."""
+        return self._inner is not None and self._inner.one_pass
 
     async def _pick(self) -> Source:
         uri = self.location.uri

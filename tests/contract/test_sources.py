@@ -7,8 +7,11 @@ In the spirit of rclone's fstests: the same tests run over every backend (``sour
 2. a full read of every file gives the model's bytes;
 3. ``seekable`` is declared, as a bool; when True, ``open(obj, offset=n)`` gives exactly ``bytes[n:]`` for
    n in 0, 1, size // 2 and size (when False, nothing is asserted about offsets);
-4. a wrapper keeps the capabilities of what it wraps: ``FilteredSource(inner).seekable == inner.seekable``;
-5. ``close()`` returns without error after a full read, and after a listing that read nothing.
+4. a wrapper keeps the capabilities of what it wraps: ``FilteredSource(inner).seekable == inner.seekable``, and
+   ``one_pass`` likewise, also once listing has set it;
+5. ``close()`` returns without error after a full read, and after a listing that read nothing;
+6. ``one_pass`` is declared, as a bool; when True (once a file is listed), each file opened as soon as it is listed,
+   before the next is asked for, gives its bytes, and the source is read once.
 """
 
 from __future__ import annotations
@@ -83,6 +86,35 @@ async def test_a_wrapper_keeps_the_capabilities(source_case: SourceCase) -> None
         assert FilteredSource(FilteredSource(inner, (), EXCLUDE), (), ()).seekable == inner.seekable
     finally:
         await inner.close()
+
+
+async def test_a_wrapper_keeps_one_pass_once_listing_set_it(source_case: SourceCase) -> None:
+    inner = source_case.make()
+    wrapper = FilteredSource(inner, (), ())
+    try:
+        assert wrapper.one_pass == inner.one_pass
+        await listing(wrapper)
+        assert isinstance(inner.one_pass, bool) and wrapper.one_pass == inner.one_pass
+    finally:
+        await wrapper.close()
+
+
+async def test_a_one_pass_source_serves_each_file_opened_as_it_is_listed(
+    source_case: SourceCase, caplog: pytest.LogCaptureFixture
+) -> None:
+    source = source_case.make()
+    got: dict[str, bytes] = {}
+    try:
+        async for obj in source.list():
+            assert isinstance(source.one_pass, bool)
+            if not source.one_pass:
+                return  # nothing is promised about opening a file while listing
+            async with source.open(obj) as chunks:  # before the next file is asked for
+                got[obj.path.as_posix()] = b"".join([chunk async for chunk in chunks])
+    finally:
+        await source.close()
+    assert got == source_case.files
+    assert "again from its start" not in caplog.text  # one pass served the listing and every file
 
 
 async def test_close_after_a_full_read(source_case: SourceCase) -> None:

@@ -8,8 +8,11 @@ servers' request logs show what went over the wire: Range requests on resume, wh
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
+import tarfile
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +25,7 @@ from job.destinations.s3 import S3Destination
 from job.engine.transfer import TransferResult, TransferSettings, transfer
 from job.errors import SourceAuthError, SourceError, SourceNotFound
 from job.http.settings import HttpSettings
+from job.model import ObjectInfo, Uploaded
 from job.retry import RetrySettings
 from job.sources.uri import UriSource
 from tests.fakes import MemoryDestination
@@ -163,13 +167,13 @@ async def test_header_protected_server(
     ("path", "mode", "gets"),
     [
         ("/files/archives/model.tar", "ranged", None),
-        ("/files/archives/model.tar?ranges=0", "streamed", 2),
-        ("/files/archives/model.tar.gz", "streamed", 2),
-        ("/files/archives/model-gnu.tgz", "streamed", 2),
+        ("/files/archives/model.tar?ranges=0", "streamed", 1),
+        ("/files/archives/model.tar.gz", "streamed", 1),
+        ("/files/archives/model-gnu.tgz", "streamed", 1),
         ("/files/archives/model.zip", "ranged", None),
         ("/files/archives/model-stored.zip", "ranged", None),
         ("/files/archives/model.zip?ranges=0", "spooled", 1),
-        ("/files/archives/blob?type=application/gzip", "streamed", 2),
+        ("/files/archives/blob?type=application/gzip", "streamed", 1),
     ],
 )
 async def test_archives_unpack_byte_for_byte(
@@ -192,7 +196,7 @@ async def test_a_dropped_archive_pass_resumes_with_range(http_server: HttpTestSe
     stored, _ = await copy(http_server.url(f"/files/archives/model.tar.gz?drop=200000&once={key}"), tmp_path)
     assert stored == MODEL_FILES
     ranges = [r.headers.get("range") for r in http_server.requests if key in r.query]
-    assert ranges == [None, "bytes=200000-", None]  # listing pass, its resume, the copy pass
+    assert ranges == [None, "bytes=200000-"]  # the one pass, and its resume
 
 
 @pytest.mark.parametrize(
@@ -227,6 +231,125 @@ async def test_malicious_zips_are_refused_naming_the_entry(
     with pytest.raises(SourceError, match=f"refusing entry {EVIL_ZIP[name][0]!r}"):
         await transfer(source(http_server.url(f"/files/evil/{name}.zip"), tmp_path), memory, TransferSettings())
     assert memory.stored == {}
+
+
+# --- one pass: a tar.gz is read once, its files put as they are listed --------------------------------------------
+
+
+def tar_gz(entries: list[tuple[str, bytes]]) -> bytes:
+    """A tar.gz of ``entries`` in this order, names repeated as given (``tar -r`` appends so)."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for name, data in entries:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+class FailsOnce(MemoryDestination):
+    """Breaks the first put of ``path`` after a few bytes, with an error worth retrying."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__()
+        self.path = path
+
+    async def put(self, obj: ObjectInfo, data: AsyncIterator[bytes]) -> Uploaded:
+        if str(obj.path) == self.path and self.path not in self.started:
+            self.started.append(self.path)
+            await anext(data)
+            raise ConnectionResetError("the fake destination dropped the connection")
+        return await super().put(obj, data)
+
+
+async def test_a_tar_gz_is_downloaded_once_its_files_moving_as_they_are_listed(
+    http_server: HttpTestServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    key = tag()
+    memory = MemoryDestination()
+    src = source(http_server.url(f"/files/archives/model.tar.gz?k={key}"), tmp_path)
+    result = await transfer(src, memory, TransferSettings(parallel_files=3))
+    assert memory.stored == MODEL_FILES
+    assert len([r for r in http_server.requests if key in r.query]) == 1
+    assert "again from its start" not in caplog.text
+    assert [str(u.obj.path) for u in result.uploaded] == list(MODEL_FILES)  # the archive's order
+    assert "as the source lists them" in caplog.text
+
+
+async def test_a_later_entry_of_the_same_name_replaces_the_earlier(http_server: HttpTestServer, tmp_path: Path) -> None:
+    key = tag()
+    path = http_server.write(
+        f"one-pass/{key}.tar.gz", tar_gz([("a.txt", b"old"), ("b.txt", b"b"), ("a.txt", b"newer"), ("c/d", b"d")])
+    )
+    stored, result = await copy(http_server.url(f"{path}?k={key}"), tmp_path)
+    assert stored == {"a.txt": b"newer", "b.txt": b"b", "c/d": b"d"}
+    assert [(str(u.obj.path), u.size) for u in result.uploaded] == [("a.txt", 5), ("b.txt", 1), ("c/d", 1)]
+    assert len([r for r in http_server.requests if key in r.query]) == 1
+
+
+async def test_a_file_turned_into_a_directory_after_it_was_read_is_refused(
+    http_server: HttpTestServer, tmp_path: Path
+) -> None:
+    path = http_server.write(f"one-pass/{tag()}.tar.gz", tar_gz([("a", b"file"), ("a/b", b"below")]))
+    memory = MemoryDestination()
+    with pytest.raises(SourceError, match=r"a later entry replaces the file a by a directory .* repack it"):
+        await transfer(source(http_server.url(path), tmp_path), memory, TransferSettings())
+    assert memory.calls[-2:] == ["abort", "close"]
+
+
+async def test_a_retried_file_reads_the_archive_again_and_the_rest_still_once(
+    http_server: HttpTestServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    key = tag()
+    memory = FailsOnce("weights/model.safetensors")
+    settings = TransferSettings(parallel_files=2, retry=RetrySettings(initial_wait=0.01, max_wait=0.05))
+    await transfer(source(http_server.url(f"/files/archives/model.tar.gz?k={key}"), tmp_path), memory, settings)
+    assert memory.stored == MODEL_FILES
+    assert len([r for r in http_server.requests if key in r.query]) == 2  # the pass, and one more for the retry
+    assert "reading the archive again from its start to reach weights/model.safetensors" in caplog.text
+
+
+async def test_files_beyond_the_layer_budget_are_planned_once_listed(
+    http_server: HttpTestServer, registry_plain: Registry, tmp_path: Path
+) -> None:
+    key = tag()
+    reference = f"{registry_plain.host}/models/one-pass:{key}"
+    destination = OciDestination(registry_plain.location(reference), storage_path=tmp_path / "storage", max_layers=4)
+    src = source(http_server.url(f"/files/archives/model.tar.gz?k={key}"), tmp_path)
+    result = await transfer(src, destination, TransferSettings(parallel_files=2))
+    layers = {u.detail.digest for u in result.uploaded}  # type: ignore[attr-defined]
+    assert len(result.uploaded) == len(MODEL_FILES) and len(layers) <= 3  # 4 less the base image's layer
+    rootfs = unpack_rootfs(skopeo_pull(registry_plain, reference, tmp_path / "pulled"))
+    files = {
+        p.removeprefix("models/"): e.data for p, e in rootfs.items() if p.startswith("models/") and e.kind == "file"
+    }
+    assert files == MODEL_FILES
+    # The pass, then one more for the files listed beyond half the budget (each layer's files in archive order).
+    assert len([r for r in http_server.requests if key in r.query]) == 2
+
+
+class AlreadyWritten(MemoryDestination):
+    """Finds ``paths`` already written by an earlier try: they are neither read nor put."""
+
+    def __init__(self, paths: set[str]) -> None:
+        super().__init__()
+        self.paths = paths
+
+    async def lookup(self, obj: ObjectInfo) -> Uploaded | None:
+        if str(obj.path) not in self.paths:
+            return None
+        return Uploaded(obj=obj, size=obj.size or 0, skipped=True)
+
+
+async def test_a_rerun_reads_past_what_is_already_written(http_server: HttpTestServer, tmp_path: Path) -> None:
+    key = tag()
+    memory = AlreadyWritten({"config.json", "weights/model.safetensors"})
+    src = source(http_server.url(f"/files/archives/model.tar.gz?k={key}"), tmp_path)
+    result = await transfer(src, memory, TransferSettings(parallel_files=2))
+    assert memory.stored == {k: v for k, v in MODEL_FILES.items() if k not in memory.paths}
+    assert [str(u.obj.path) for u in result.uploaded if u.skipped] == ["config.json", "weights/model.safetensors"]
+    assert len([r for r in http_server.requests if key in r.query]) == 1
 
 
 # --- the Hub --------------------------------------------------------------------------------------------------

@@ -114,6 +114,23 @@ def test_a_line_at_each_file_end_and_the_summary(clock: FakeClock, caplog: pytes
     assert caplog.records[-1].__dict__["event"] == "summary"
 
 
+def test_files_counted_as_a_one_pass_source_lists_them(clock: FakeClock, caplog: pytest.LogCaptureFixture) -> None:
+    reporter = ProgressReporter(interval=5, clock=clock)
+    reporter.start(files=None, total_bytes=None)
+    assert lines(caplog) == ["transferring the files as the source lists them (it is read once)"]
+    reporter.listed(1000)
+    reporter.advance(1000)
+    reporter.file_done("a.bin", 1000)
+    assert lines(caplog)[-1] == "done a.bin (1.00 kB); 1.00 kB (still listing), 1 of 1+ files, 0.0 MB/s"
+    reporter.listed(2000)
+    reporter.listing_done()
+    assert (reporter.files_total, reporter.bytes_total) == (2, 3000)
+    reporter.start(files=None, total_bytes=None)
+    reporter.listed(None)  # a size not known: no byte total
+    reporter.listing_done()
+    assert reporter.bytes_total is None
+
+
 def test_a_file_end_line_postpones_the_next_interval_line(clock: FakeClock, caplog: pytest.LogCaptureFixture) -> None:
     reporter = ProgressReporter(interval=5, clock=clock)
     reporter.start(files=2, total_bytes=20)

@@ -294,6 +294,15 @@ async def test_a_listing_with_x_and_x_part_is_refused(tmp_path: Path) -> None:
         await transfer(source, PvcDestination(tmp_path), SETTINGS)
 
 
+async def test_x_and_x_part_are_refused_also_when_planned_one_by_one(tmp_path: Path) -> None:
+    # A one-pass source (a tar.gz) is planned file by file: the check spans the calls, in either order.
+    for first, second in (("w.bin", "w.bin.part"), ("w.bin.part", "w.bin")):
+        destination = PvcDestination(tmp_path)
+        await destination.plan([ObjectInfo(PurePosixPath(first), 1)])
+        with pytest.raises(DestinationError, match=r"w.bin.part .*temporary name of w.bin"):
+            await destination.plan([ObjectInfo(PurePosixPath(second), 1)], taken=1)
+
+
 # --- reruns --------------------------------------------------------------------------------------------------
 
 

@@ -84,3 +84,41 @@ async def test_a_reader_that_stops_early_leaves_the_pass_in_step() -> None:
     assert await read(shared, 600, 20) == DATA[600:620]
     assert stream.opened == 1
     await shared.close()
+
+
+# --- a pass that also lists: small reads between the ranges it serves (a tar.gz read once) -----------------
+
+
+async def test_a_listing_reads_between_the_ranges_opened_as_it_goes() -> None:
+    # The listing reads a "header", the engine opens the "member" behind it before the next header is asked for:
+    # the pass serves the member first, then the header after it, in one pass.
+    stream = Stream()
+    shared = SharedPass(stream.open, "test://stream")
+    members: list[bytes] = []
+    got = await shared.read(0, 10, "header")
+    for header in (0, 300, 600):
+        assert got == DATA[header : header + 10]
+        async with shared.open(header + 10, 200, f"member at {header}") as chunks:
+            next_header = asyncio.create_task(shared.read(header + 300, 10, "header"))  # queued behind the member
+            await asyncio.sleep(0)
+            members.append(b"".join([c async for c in chunks]))
+        got = await next_header
+    assert members == [DATA[h + 10 : h + 210] for h in (0, 300, 600)]
+    assert stream.opened == 1 and shared.passes == 1
+
+
+async def test_a_read_is_cut_at_the_end_but_one_starting_beyond_it_is_truncated() -> None:
+    shared = SharedPass(Stream().open, "test://stream")
+    assert await shared.read(1000, 512, "the last header") == DATA[1000:]  # fewer only at the end
+    assert await shared.read(1024, 512, "the end") == b""  # a stream that stops right there ends cleanly
+    shared = SharedPass(Stream().open, "test://stream", "the archive")
+    with pytest.raises(SourceError, match=r"the archive ends early \(at byte 1024\)"):
+        await shared.read(1500, 512, "a header after skipped data")  # the skipped member was cut short
+
+
+async def test_read_to_end_reads_what_is_left() -> None:
+    stream = Stream()
+    shared = SharedPass(stream.open, "test://stream")
+    assert await shared.read(0, 10, "header") == DATA[:10]
+    await shared.read_to_end(10, "the end")
+    assert shared._pos == len(DATA) and stream.opened == 1

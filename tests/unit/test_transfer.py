@@ -10,6 +10,7 @@ from pathlib import PurePosixPath
 
 import pytest
 
+from job.engine.listing import ListingChecks
 from job.engine.progress import ProgressReporter
 from job.engine.transfer import TransferResult, TransferSettings, check_listing, transfer
 from job.errors import ConfigError, DestinationError, IntegrityError, SourceError, UploadRejected
@@ -337,6 +338,18 @@ async def test_listing_failure_is_a_source_error() -> None:
     with pytest.raises(SourceError, match="listing the source: TimeoutError: read timed out"):
         await run(source, dest)
     assert_cleaned_up(source, dest)
+
+
+def test_a_one_pass_listing_may_name_a_file_again_but_never_as_a_directory() -> None:
+    checks = ListingChecks(again=True)
+    for path in ("a/b", "c", "a/b"):  # a later version of a/b (an archive's replaced entry)
+        checks.add(ObjectInfo(path=PurePosixPath(path), size=1))
+    with pytest.raises(SourceError, match="source lists c both as a file and as a directory of c/d"):
+        checks.add(ObjectInfo(path=PurePosixPath("c/d"), size=1))
+    with pytest.raises(SourceError, match="source lists a both as a file and as a directory of a/b"):
+        checks.add(ObjectInfo(path=PurePosixPath("a"), size=1))
+    with pytest.raises(SourceError, match="source lists x twice"):
+        check_listing([ObjectInfo(path=PurePosixPath("x"), size=1)] * 2)
 
 
 def test_check_listing_accepts_siblings_with_common_prefixes() -> None:

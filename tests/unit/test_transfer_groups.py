@@ -31,7 +31,7 @@ class Grouping(MemoryDestination):
         self.groups: list[list[str]] = []
         self.open_sources: list[int] = []
 
-    async def plan(self, objects: Sequence[ObjectInfo]) -> list[list[ObjectInfo]]:
+    async def plan(self, objects: Sequence[ObjectInfo], *, taken: int = 0) -> list[list[ObjectInfo]]:
         return [list(objects[i : i + self.size]) for i in range(0, len(objects), self.size)]
 
     async def lookup_group(self, objs: Sequence[ObjectInfo]) -> list[Uploaded] | None:
@@ -108,7 +108,7 @@ async def test_a_group_found_from_an_earlier_try_is_not_read() -> None:
 
 async def test_a_plan_that_loses_a_file_is_a_bug_not_a_silent_loss() -> None:
     class Loses(Grouping):
-        async def plan(self, objects: Sequence[ObjectInfo]) -> list[list[ObjectInfo]]:
+        async def plan(self, objects: Sequence[ObjectInfo], *, taken: int = 0) -> list[list[ObjectInfo]]:
             return [list(objects[1:])]
 
     with pytest.raises(AssertionError, match="did not group each listed file exactly once"):
