@@ -31,10 +31,8 @@ from __future__ import annotations
 
 import asyncio
 import builtins
-import hashlib
 import logging
-import platform as host_platform
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncIterator
 from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import PurePosixPath
@@ -49,38 +47,14 @@ from job.formats.tree import MAX_FILES, ModelTree
 from job.model import ObjectInfo, safe_relative_path
 from job.oci.client import OciClient
 from job.oci.protocol import ANNOTATION_TITLE, DOCKER_CONFIG, INDEX_TYPES, OCI_CONFIG, OCI_LAYER_TAR_GZIP, image_entries
+from job.oci.pull import default_platform, layer_compression, verified_blob
 from job.oci.reference import checked_digest, parse_reference
 from job.retry import RetrySettings
 
 log = logging.getLogger(__name__)
 
 ANNOTATION_UNPACK = "io.deis.oras.content.unpack"
-_MACHINE_ARCH = {
-    "x86_64": "amd64",
-    "amd64": "amd64",
-    "aarch64": "arm64",
-    "arm64": "arm64",
-    "ppc64le": "ppc64le",
-    "s390x": "s390x",
-}
 _PARALLEL_SCANS = 8
-
-
-def default_platform() -> str:
-    """``linux/<arch>`` of this machine, in OCI's names (x86_64 -> amd64, aarch64 -> arm64)."""
-    machine = host_platform.machine().lower()
-    return f"linux/{_MACHINE_ARCH.get(machine, machine)}"
-
-
-def layer_compression(media_type: str) -> str | None:
-    """``"tar"``, ``"gzip"`` or ``"zstd"`` for a tar layer media type (OCI or Docker); None otherwise."""
-    if media_type.endswith(("diff.tar.gzip", ".tar+gzip")):
-        return "gzip"
-    if media_type.endswith((".tar+zstd", "diff.tar.zstd")):
-        return "zstd"
-    if media_type.endswith((".layer.v1.tar", "diff.tar")):
-        return "tar"
-    return None
 
 
 _MAX_TAR_TAIL = 20 * 1024
@@ -354,20 +328,6 @@ class OciSource:
         for shared in self._passes.values():
             await shared.close()
         await self.client.aclose()
-
-
-async def verified_blob(body: AsyncIterator[bytes], digest: str, size: int, what: str) -> AsyncGenerator[bytes, None]:
-    """The blob's bytes, hashed as they pass; at its end, its size and digest must be the manifest's, else
-    ``IntegrityError``: a registry serving other bytes under a digest."""
-    algorithm, _, expected = digest.partition(":")
-    hasher = hashlib.new(algorithm)
-    position = 0
-    async for chunk in body:
-        hasher.update(chunk)
-        position += len(chunk)
-        yield chunk
-    if position != size or hasher.hexdigest() != expected:
-        raise IntegrityError(f"{what}: the registry sent {position} bytes hashing to {algorithm}:{hasher.hexdigest()}")
 
 
 async def _empty() -> AsyncIterator[bytes]:
