@@ -71,6 +71,10 @@ class SharedPass:
         self.passes = 0
         """How many times the stream was opened (1 when every range was met in order)."""
 
+    def set_end(self, end: int, *, read_to_the_end: bool = False) -> None:
+        """``end`` and ``read_to_the_end`` (see the class docstring), once known: after a pass that also listed."""
+        self._end, self._read_to_the_end = end, read_to_the_end
+
     def _default_truncated(self, position: int) -> SourceError:
         return SourceError(f"{self._where}: {self._what} ends early (at byte {position})", uri=self._where)
 

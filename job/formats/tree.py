@@ -92,6 +92,7 @@ class ModelTree(Generic[T]):
         self.absolute_links = absolute_links
         self.max_files = max_files
         self._nodes: dict[str, _Node[T]] = {}
+        self._layer: set[str] | None = None  # paths added by a layer read as a stream (begin_layer)
 
     # --- applying entries ---------------------------------------------------------------------------------
 
@@ -108,13 +109,26 @@ class ModelTree(Generic[T]):
         for path, member, payload in named:
             self._add(path, member, payload)
 
+    def begin_layer(self) -> None:
+        """The entries :meth:`add` gets from now on are one layer read as a stream: its whiteouts apply to the
+        layers below only (what it added itself stays), as :meth:`apply` does for a whole layer."""
+        self._layer = set()
+
     def add(self, member: Member, payload: T) -> PurePosixPath | None:
         """Apply one entry (an archive read as a stream: refused as soon as it is read).
 
         Returns the path the tree now lists ``payload`` under when the entry is a file of its own under the root
         (not a link, which is resolved at the end), else None."""
         path = self._normalize(member.name)
+        parent, _, base = path.rpartition("/")
+        if self.whiteouts and self._layer is not None and base.startswith(".wh."):
+            opaque = base == ".wh..wh..opq"
+            target = parent if opaque else f"{parent}/{base[4:]}" if parent else base[4:]
+            self._remove(target, keep_self=opaque, keep=self._layer)
+            return None
         self._add(path, member, payload)
+        if self._layer is not None:
+            self._layer.add(path)
         node = self._nodes.get(path)
         if node is None or node.kind != "file" or node.alias or node.payload is not payload:
             return None
@@ -173,9 +187,11 @@ class ModelTree(Generic[T]):
         self._remove(path)
         self._nodes[path] = node
 
-    def _remove(self, path: str, *, keep_self: bool = False) -> None:
+    def _remove(self, path: str, *, keep_self: bool = False, keep: set[str] | frozenset[str] = frozenset()) -> None:
         prefix = path + "/" if path else ""
-        for key in [k for k in self._nodes if k.startswith(prefix) or (k == path and not keep_self)]:
+        for key in [
+            k for k in self._nodes if (k.startswith(prefix) or (k == path and not keep_self)) and k not in keep
+        ]:
             del self._nodes[key]
 
     # --- resolving ------------------------------------------------------------------------------------------

@@ -7,8 +7,9 @@
   ``models/`` of the flattened layers (:class:`job.formats.tree.ModelTree`: later layers win, whiteouts and
   links handled), named relative to ``models/``. Uncompressed layers are listed by reading their tar
   headers with small ranged GETs (:class:`job.formats.tar.RangedInput`), so a 10 GiB modelcar lists in
-  kilobytes; gzip layers are streamed and decompressed once. A layer labelled tar that starts with the
-  gzip magic is read as gzip. zstd layers are refused (KServe cannot read them either).
+  kilobytes; gzip layers are streamed and decompressed, but a gzip *last* layer (``COPY models/ /models/`` on a
+  base) is read once in all: listed as its pass reaches each file, which is served from that same pass (the
+  source is ``one_pass``). A layer labelled tar starting with the gzip magic is read as gzip. zstd is refused.
   ``ObjectInfo.digest`` stays None: a layer digest is not the file's digest.
 * **ORAS artifact** (anything else): each layer with an ``org.opencontainers.image.title`` annotation is
   one file named by it (checked by ``safe_relative_path``), with the layer's size and digest, which *is*
@@ -20,8 +21,8 @@
 layer's files are served from one shared pass over the whole blob (:class:`~job.formats.shared_pass.SharedPass`),
 inflated when gzip: an image built with ``COPY models/ /models/`` holds the whole model in one layer, which is then
 downloaded once for all its files rather than once per file. The pass reads its blob to the end and checks it
-against the layer's digest before the last file's stream ends, so every byte copied is verified (a resume at an
-offset restarts the pass). Image files are listed in layer and tar order (path order within that), the order the
+against the layer's digest before the last file's stream ends (for a last layer read once: before the listing
+ends), so no model is committed from unverified bytes (a resume at an offset restarts the pass). Image files are listed in layer and tar order (path order within that), the order the
 pass meets them. Listing checks too: digests must be ``algorithm:hex``, each layer's stored size (a HEAD) must be
 the manifest's, a gzip layer's listing pass hashes the whole blob, and a plain tar whose end-of-archive marker
 comes more than 20 KiB before its blob's end is refused.
@@ -32,7 +33,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import PurePosixPath
@@ -41,7 +42,7 @@ from typing import Any
 from job.config import OciLocation
 from job.errors import IntegrityError, SourceError, SourceNotFound
 from job.formats.gzip import GZIP_MAGIC, inflate
-from job.formats.shared_pass import SharedPass
+from job.formats.shared_pass import PassInput, SharedPass
 from job.formats.tar import RangedInput, StreamInput, TarEntry, scan_tar
 from job.formats.tree import MAX_FILES, ModelTree
 from job.model import ObjectInfo, safe_relative_path
@@ -55,8 +56,6 @@ log = logging.getLogger(__name__)
 
 ANNOTATION_UNPACK = "io.deis.oras.content.unpack"
 _PARALLEL_SCANS = 8
-
-
 _MAX_TAR_TAIL = 20 * 1024
 """Bytes a layer's tar may hold after its end-of-archive marker (tar pads to 10 KiB records at most)."""
 
@@ -147,7 +146,7 @@ class OciSource:
 
     async def list(self) -> AsyncIterator[ObjectInfo]:
         """Yield the model's files (see the module docstring)."""
-        self._layers, self._files = [], {}
+        self._layers, self._files, self.one_pass = [], {}, False
         manifest = await self._resolve()
         layers = manifest.get("layers")
         if not isinstance(layers, list) or not layers:
@@ -156,7 +155,16 @@ class OciSource:
         is_image = config_type in (OCI_CONFIG, DOCKER_CONFIG) and all(
             layer_compression(str(d.get("mediaType"))) for d in layers
         )
-        objects = await (self._list_image(layers) if is_image else self._list_artifact(layers))
+        if is_image and layer_compression(str(layers[-1].get("mediaType"))) == "gzip":
+            listed = 0
+            async for obj in self._stream_image(layers):
+                listed += 1
+                yield obj
+            if listed:
+                return
+            objects = []
+        else:
+            objects = await (self._list_image(layers) if is_image else self._list_artifact(layers))
         if not objects:
             where = "under /models" if is_image else "in its layers (none has a title annotation)"
             raise SourceNotFound(f"reading {self.uri}: no files {where}", uri=self.uri)
@@ -206,7 +214,7 @@ class OciSource:
             objects.append(ObjectInfo(path=path, size=blob.size, digest=blob.digest))
         return objects
 
-    async def _list_image(self, layers: builtins.list[dict[str, Any]]) -> builtins.list[ObjectInfo]:
+    def _image_layers(self, layers: builtins.list[dict[str, Any]]) -> builtins.list[int]:
         indexes = []
         for descriptor in layers:
             compression = layer_compression(str(descriptor.get("mediaType")))
@@ -215,7 +223,58 @@ class OciSource:
                     f"reading {self.uri}: zstd layers are not supported (layer {descriptor['digest']})", uri=self.uri
                 )
             indexes.append(self._add_layer(descriptor, compression or "tar"))
-        # Layers are scanned in parallel (bounded) and applied in order.
+        return indexes
+
+    def _tree(self) -> ModelTree[FileLocation]:
+        what = f"reading {self.uri}"
+        return ModelTree("models", what=what, whiteouts=True, absolute_links=True, max_files=self.max_files)
+
+    async def _stream_image(self, layers: builtins.list[dict[str, Any]]) -> AsyncGenerator[ObjectInfo, None]:
+        """An image whose last layer is gzip (``COPY models/ /models/``): the layers below are listed first, then
+        the last one is read once, its files listed as its pass reaches them and served from it (``one_pass``);
+        the files of the layers below that it leaves come after, then links. As for a tar.gz at a URL, a file the
+        layer lists twice is listed again, and one it turns into a directory is refused."""
+        indexes = self._image_layers(layers)
+        last, layer = indexes[-1], self._layers[indexes[-1]]
+        tree = self._tree()
+        for index, members in zip(indexes[:-1], await self._scan_all(indexes[:-1]), strict=True):
+            tree.apply((m, FileLocation(index, m.offset, m.size)) for m in members)
+        await self._check_size(layer)
+        shared = self._passes[last] = SharedPass(lambda: self._layer_stream(layer), self.uri, f"layer {layer.digest}")
+        self.one_pass = True
+        tree.begin_layer()
+        listed: dict[PurePosixPath, FileLocation] = {}
+        tar = PassInput(shared, "the next tar header")
+        async for m in scan_tar(tar, f"reading {self.uri} layer {layer.digest}"):
+            location = FileLocation(last, m.offset, m.size)
+            if (path := tree.add(m, location)) is None:
+                continue
+            if gone := next((p for p in path.parents if p in listed), None):
+                raise self._replaced(gone, layer)
+            self._files[path] = listed[path] = location
+            yield ObjectInfo(path=path, size=m.size, etag=self._etag(location))
+        await shared.read_to_end(tar.position, "the end of the layer")  # its digest is checked there
+        await shared.close()
+        files = {f.path: f.payload for f in tree.files()}
+        if ends := [f.offset + f.size for f in files.values() if f.layer == last]:  # a later pass (an alias, a
+            shared.set_end(max(ends), read_to_the_end=True)  # retry) reads to the end and checks the digest too
+        if gone := next(iter(listed.keys() - files.keys()), None):
+            raise self._replaced(gone, layer)
+        for path, location in sorted(files.items(), key=lambda item: (item[1].layer, item[1].offset, item[0])):
+            if listed.get(path) is not location:  # the layers below, then links
+                self._files[path] = location
+                yield ObjectInfo(path=path, size=location.size, etag=self._etag(location))
+
+    def _replaced(self, path: PurePosixPath, layer: _Layer) -> SourceError:
+        return SourceError(
+            f"reading {self.uri} layer {layer.digest}: a later entry replaces the file models/{path} by a directory "
+            "(or removes it) after its bytes were read; read as a stream, such a layer cannot be unpacked",
+            uri=self.uri,
+            path=str(path),
+        )
+
+    async def _scan_all(self, indexes: builtins.list[int]) -> builtins.list[builtins.list[TarEntry]]:
+        """The layers' tar entries, scanned in parallel (bounded)."""
         limit = asyncio.Semaphore(_PARALLEL_SCANS)
 
         async def scan(index: int) -> builtins.list[TarEntry]:
@@ -224,15 +283,16 @@ class OciSource:
 
         tasks = [asyncio.create_task(scan(i)) for i in indexes]
         try:
-            scanned = await asyncio.gather(*tasks)
+            return await asyncio.gather(*tasks)
         finally:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-        tree: ModelTree[FileLocation] = ModelTree(
-            "models", what=f"reading {self.uri}", whiteouts=True, absolute_links=True, max_files=self.max_files
-        )
-        for index, members in zip(indexes, scanned, strict=True):
+
+    async def _list_image(self, layers: builtins.list[dict[str, Any]]) -> builtins.list[ObjectInfo]:
+        indexes = self._image_layers(layers)
+        tree = self._tree()  # layers scanned in parallel, applied in order
+        for index, members in zip(indexes, await self._scan_all(indexes), strict=True):
             tree.apply((m, FileLocation(index, m.offset, m.size)) for m in members)
         files = {f.path: f.payload for f in tree.files()}
         # Layer and tar order (path order for aliases of one member): the order a shared pass meets them.
@@ -251,9 +311,7 @@ class OciSource:
         layer = self._layers[index]
         what = f"reading {self.uri} layer {layer.digest}"
         repo = self.ref.repository
-        stored = await self.client.blob_size(repo, layer.digest)
-        if stored is not None and stored != layer.size:  # a size that is too small would hide files
-            raise IntegrityError(f"{what}: the registry holds {stored} bytes, the manifest says {layer.size}")
+        await self._check_size(layer)
         if layer.compression == "tar":
             ranged = RangedInput(
                 lambda start, length: self.client.read_blob(repo, layer.digest, start=start, length=length),
@@ -276,6 +334,12 @@ class OciSource:
             async for _ in plain:  # the rest (end blocks, gzip trailer): the digest covers every byte
                 pass
             return members
+
+    async def _check_size(self, layer: _Layer) -> None:
+        stored = await self.client.blob_size(self.ref.repository, layer.digest)
+        if stored is not None and stored != layer.size:  # a size that is too small would hide files
+            what = f"reading {self.uri} layer {layer.digest}"
+            raise IntegrityError(f"{what}: the registry holds {stored} bytes, the manifest says {layer.size}")
 
     # --- reading --------------------------------------------------------------------------------
 

@@ -335,7 +335,10 @@ def file(name: str, data: bytes) -> tuple[tarfile.TarInfo, bytes]:
     return tar_info(name, size=len(data)), data
 
 
-async def test_gzip_layers_whiteouts_and_links(registry_plain: Registry, tmp_path: Path) -> None:
+@pytest.mark.parametrize("streamed", [False, True], ids=["plain-top", "gzip-top"])
+async def test_gzip_layers_whiteouts_and_links(registry_plain: Registry, tmp_path: Path, streamed: bool) -> None:
+    # gzip-top: the top layer is read once, its files listed as its pass reaches them (one_pass); its whiteouts
+    # still hide only what the layers below hold, not its own files met before them (models/d/y).
     reg = registry_plain
     long_name = "models/" + "deep/" * 25 + "file.bin"  # > 100 bytes: a GNU long-name header
     lower = tar_layer(
@@ -352,18 +355,24 @@ async def test_gzip_layers_whiteouts_and_links(registry_plain: Registry, tmp_pat
     upper = tar_layer(
         [
             file("models/a.json", b"new a"),
+            file("models/d/y", b"y"),
             (tar_info("models/.wh.gone.bin"), b""),
             (tar_info("models/d/.wh..wh..opq"), b""),
             file("models/d/z", b"z"),
             (tar_info("models/link.json", tarfile.SYMTYPE, link="a.json"), None),
             (tar_info("models/hard.json", tarfile.LNKTYPE, link="models/d/z"), None),
         ],
-        compress=False,
+        compress=streamed,
     )
-    reference = f"{reg.host}/models/layered:v1"
+    reference = f"{reg.host}/models/layered:{'gz' if streamed else 'v1'}"
     push_layers(reg, tmp_path / "layout", reference, lower, upper)
+    source = OciSource(reg.location(reference))
+    async for _ in source.list():
+        assert source.one_pass == streamed
+    await source.close()
     assert await read_all(reg.location(reference)) == {
         "a.json": b"new a",
+        "d/y": b"y",
         "d/z": b"z",
         "hard.json": b"z",
         "link.json": b"new a",
@@ -375,8 +384,8 @@ async def test_one_gzip_layer_holding_the_whole_model_is_read_once(
     registry_plain: Registry, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     # What `docker build` with `COPY models/ /models/` pushes: every file in one gzip layer, in walk order
-    # ("a/" before "a.txt", unlike path order). One shared pass serves them all: the layer's blob is fetched
-    # once by the listing and once for the copy, not once per file, with 4 files read at a time.
+    # ("a/" before "a.txt", unlike path order). One pass lists them and serves them all, 4 files put at a time:
+    # the layer's blob is fetched once, not once for the listing and again for the copy (nor once per file).
     reg = registry_plain
     rng = random.Random(11)
     model = {
@@ -404,8 +413,20 @@ async def test_one_gzip_layer_holding_the_whole_model_is_read_once(
         await transfer(OciSource(reg.location(reference)), memory, TransferSettings(parallel_files=4))
     assert memory.stored == model
     reads = len(log_lines(reg, f"GET /v2/models/dockerfile-style/blobs/{layer_digest}")) - before
-    assert reads == 2, reads  # the listing, then one pass for all 7 files
+    assert reads == 1, reads
     assert "again from its start" not in caplog.text
+
+
+async def test_a_top_layer_read_once_that_turns_a_listed_file_into_a_directory_is_refused(
+    registry_plain: Registry, tmp_path: Path
+) -> None:
+    top = tar_layer([file("models/f", b"a file"), file("models/f/g", b"then a directory")], compress=True)
+    reference = f"{registry_plain.host}/models/file-then-dir:v1"
+    push_layers(registry_plain, tmp_path / "layout", reference, top)
+    memory = MemoryDestination()
+    with pytest.raises(SourceError, match="replaces the file models/f by a directory"):
+        await transfer(OciSource(registry_plain.location(reference)), memory, TransferSettings())
+    assert memory.calls[-2:] == ["abort", "close"]
 
 
 @pytest.mark.parametrize(

@@ -12,6 +12,7 @@ import io
 import tarfile
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
+from pathlib import PurePosixPath
 
 import pytest
 
@@ -302,6 +303,20 @@ def test_later_layers_win_whiteouts_and_opaque_directories() -> None:
         [("./models/b", "file"), ("models/.wh.a", "file")],
     )
     assert files == {"b": 2000, "d/z": 1003}  # a whited out, d's lower files hidden, etc/ ignored
+
+
+def test_a_layer_added_entry_by_entry_whites_out_only_the_layers_below() -> None:
+    # A top layer read as a stream (one pass): its whiteouts come in tar order, after or before its own files,
+    # and hide only what the layers below hold, as apply() does for a whole layer.
+    tree: ModelTree[int] = ModelTree("models", what="reading image", whiteouts=True, absolute_links=True)
+    tree.apply([(Entry("models/a", "file"), 1), (Entry("models/d/x", "file"), 2), (Entry("models/gone", "file"), 3)])
+    tree.begin_layer()
+    assert tree.add(Entry("models/d/y", "file"), 4) == PurePosixPath("d/y")  # a file of its own: its path
+    assert tree.add(Entry("models/d/.wh..wh..opq", "file"), 0) is None
+    assert tree.add(Entry("models/.wh.gone", "file"), 0) is None
+    assert tree.add(Entry("models/a2", "hardlink", "models/a"), 5) is None  # a link: listed at the end
+    assert tree.add(Entry("etc/passwd", "file"), 6) is None  # outside the root
+    assert {str(f.path): f.payload for f in tree.files()} == {"a": 1, "a2": 1, "d/y": 4}
 
 
 def test_a_whiteout_of_models_itself_hides_the_base_and_devices_outside_models_are_ignored() -> None:
