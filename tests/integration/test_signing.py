@@ -38,6 +38,7 @@ from tests.integration.jobs import (
     update_artifact_env,
     write_tree,
 )
+from tests.servers.http import HttpTestServer, tar_bytes
 from tests.servers.registry import Registry
 from tests.servers.s3 import S3Server, fresh_bucket
 from tests.standin.model_registry import ModelRegistryStandin
@@ -150,6 +151,30 @@ def test_pvc_to_oci_signed_with_a_key_verifies_and_is_attached_as_a_referrer(
     weights.write_bytes(b"\xff" + weights.read_bytes()[1:])
     failed = verify(served, "key", "--public_key", str(keys["pub"]))
     assert failed.returncode != 0 and "model 1.safetensors" in failed.stdout + failed.stderr
+
+
+def test_a_tar_gz_read_once_and_signed_verifies(
+    keys: dict[str, Path], registry_standin: ModelRegistryStandin, registry_plain: Registry,
+    http_server: HttpTestServer, tmp_path: Path,
+) -> None:  # fmt: skip
+    # A one-pass source: every file hashed as it is listed and put, the archive's own model.sig left out.
+    archive = http_server.write(
+        f"signed/{uuid.uuid4().hex[:8]}.tar.gz", tar_bytes({**MODEL, "model.sig": b"old"}, gz=True)
+    )
+    reference = f"{registry_plain.host}/signed/tgz-{uuid.uuid4().hex[:6]}:1"
+    env = {**FAST, **registry_env(registry_standin.url), **update_artifact_env(registry_standin.api_url),
+           "MODEL_SYNC_SOURCE_TYPE": "uri", "MODEL_SYNC_SOURCE_URI": http_server.url(archive),
+           **oci_env("DESTINATION", reference, base=registry_plain.base),
+           "MODEL_SYNC_SIGNING_KEY_PATH": str(keys["key"])}  # fmt: skip
+    run = run_job(env, tmp_path)
+    run.result()
+    assert "as the source lists them" in run.stderr and "replaced by this run's signature" in run.stderr
+    host, _, rest = reference.partition("/")
+    repository, _, tag = rest.partition(":")
+    pulled = read_modelcar(host, repository, tag)
+    assert {k: v for k, v in pulled.items() if k != "model.sig"} == MODEL
+    checked = verify(to_dir(pulled, tmp_path / "served"), "key", "--public_key", str(keys["pub"]))
+    assert checked.returncode == 0, checked.stderr
 
 
 def test_s3_to_s3_signed_with_a_certificate_verifies_against_the_root(

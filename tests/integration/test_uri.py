@@ -27,6 +27,7 @@ from job.errors import SourceAuthError, SourceError, SourceNotFound
 from job.http.settings import HttpSettings
 from job.model import ObjectInfo, Uploaded
 from job.retry import RetrySettings
+from job.sources.filtered import FilteredSource
 from job.sources.uri import UriSource
 from tests.fakes import MemoryDestination
 from tests.servers.http import API_KEY, API_TOKEN, EVIL_TAR, EVIL_ZIP, HF_TOKEN, MODEL_FILES, SINGLE, HttpTestServer
@@ -308,6 +309,15 @@ async def test_a_retried_file_reads_the_archive_again_and_the_rest_still_once(
     assert memory.stored == MODEL_FILES
     assert len([r for r in http_server.requests if key in r.query]) == 2  # the pass, and one more for the retry
     assert "reading the archive again from its start to reach weights/model.safetensors" in caplog.text
+
+
+async def test_files_filtered_out_are_read_past(http_server: HttpTestServer, tmp_path: Path) -> None:
+    key = tag()
+    memory = MemoryDestination()
+    src = FilteredSource(source(http_server.url(f"/files/archives/model.tar.gz?k={key}"), tmp_path), (), ("weights/",))
+    await transfer(src, memory, TransferSettings(parallel_files=2))
+    assert memory.stored == {k: v for k, v in MODEL_FILES.items() if not k.startswith("weights/")}
+    assert len([r for r in http_server.requests if key in r.query]) == 1
 
 
 async def test_files_beyond_the_layer_budget_are_planned_once_listed(
