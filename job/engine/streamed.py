@@ -91,6 +91,8 @@ async def put_while_listing(
                     taken += 1
                     if (earlier := puts.get(obj.path)) is not None:
                         await asyncio.wait([earlier])  # the same path again: written after the earlier version
+                        if failed:
+                            break
                     await slots.acquire()
                     opened = asyncio.Event()
                     puts[obj.path] = asyncio.create_task(put(obj, opened), name=f"transfer-{obj.path}")

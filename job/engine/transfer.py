@@ -12,9 +12,9 @@
    whose layer budget is short, several files per layer. A group of several files is moved as one
    unit, like a file below: looked up, put (its files opened one after the other as ``put_group`` takes
    them, each wrapped as below) and retried as a whole.
-3. **Put** the groups, ``parallel_files`` at a time (a fixed pool of workers taking groups in planned
-   order: ``job.engine.schedule``). A destination with ``lookup(obj)`` is asked first whether an earlier try already wrote the
-   file (same size and source identity): then it is not read nor sent again. Otherwise the file's
+3. **Put** the groups, ``parallel_files`` at a time (``job.engine.schedule``: a fixed pool of workers taking
+   groups in planned order). A destination with ``lookup(obj)`` is asked first whether an earlier try already
+   wrote the file (same size and source identity): then it is not read nor sent again. Otherwise the file's
    source stream (a :class:`~job.engine.resume.SourceReader`, which resumes a broken read at its offset on a
    ``seekable`` source) is wrapped once in a :class:`~job.streams.CheckedStream` (byte count, progress,
    size check, and sha256 when the source listed one; source errors tagged as ``SourceError``), handed
