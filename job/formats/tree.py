@@ -29,7 +29,7 @@ from typing import Generic, Protocol, TypeVar
 from job.errors import SourceError
 from job.model import safe_relative_path
 
-__all__ = ["MAX_FILES", "MAX_HOPS", "Member", "ModelTree", "TreeFile"]
+__all__ = ["MAX_FILES", "MAX_HOPS", "Member", "ModelTree", "StreamedFiles", "TreeFile"]
 
 MAX_HOPS = 40
 MAX_FILES = 100_000
@@ -264,3 +264,41 @@ class ModelTree(Generic[T]):
                     if child.kind == "file":
                         keep(path + sub[len(final) :], child, True)
         return sorted(found.values(), key=lambda f: f.path)
+
+
+class StreamedFiles(Generic[T]):
+    """The files of ``tree`` listed as a stream reaches them (a tar.gz, or an image's top layer, read once).
+
+    :meth:`add` applies one entry and returns the path of a file to list now (a file of its own; a later entry of
+    the same name is listed again, as it replaces the first). :meth:`rest` is what the finished tree holds beyond
+    those (links, the files of the layers below). A listed file that a later entry turns into a directory, or
+    removes, was already sent: that is refused with its name, as no file system can hold what was sent.
+    """
+
+    def __init__(self, tree: ModelTree[T]) -> None:
+        self.tree = tree
+        self.listed: dict[PurePosixPath, T] = {}
+
+    def add(self, member: Member, payload: T) -> PurePosixPath | None:
+        path = self.tree.add(member, payload)
+        if path is None:
+            return None
+        if gone := next((p for p in path.parents if p in self.listed), None):
+            raise self._replaced(gone)
+        self.listed[path] = payload
+        return path
+
+    def rest(self) -> list[TreeFile[T]]:
+        """The tree's files not listed by :meth:`add`, sorted by path; checks that every listed one is still there."""
+        files = self.tree.files()
+        if gone := next(iter(self.listed.keys() - {f.path for f in files}), None):
+            raise self._replaced(gone)
+        return [f for f in files if self.listed.get(f.path) is not f.payload]
+
+    def _replaced(self, path: PurePosixPath) -> SourceError:
+        name = f"{self.tree.root}/{path}" if self.tree.root else str(path)
+        return SourceError(
+            f"{self.tree.what}: a later entry replaces the file {name} by a directory (or removes it) after its bytes "
+            "were read; read as a stream, this cannot be unpacked: repack it without the earlier entry",
+            path=name,
+        )

@@ -44,7 +44,7 @@ from job.errors import SourceError
 from job.formats.gzip import GZIP_MAGIC, inflate
 from job.formats.shared_pass import PassInput, SharedPass
 from job.formats.tar import RangedInput, TarEntry, scan_tar
-from job.formats.tree import MAX_FILES, ModelTree
+from job.formats.tree import MAX_FILES, ModelTree, StreamedFiles
 from job.formats.zip import RandomAccess, ZipEntry, open_zip_member, read_zip_entries
 from job.http.client import HttpClient
 from job.http.download import Download
@@ -347,34 +347,20 @@ class ArchiveSource:
         self._reader = reader = await self._open_reader()
         self.one_pass = isinstance(reader, _StreamedTar)
         tree: ModelTree[Entry] = ModelTree(what=f"unpacking {self._where}", max_files=self.max_files)
-        listed: dict[PurePosixPath, Entry] = {}  # one pass: each file as soon as its header is read
+        streamed = StreamedFiles(tree)  # one pass: each file as soon as its header is read
         async with aclosing(reader.entries()) as entries:
             async for e in entries:
-                path = tree.add(e, e)
-                if path is None or not self.one_pass:
-                    continue
-                if gone := next((p for p in path.parents if p in listed), None):
-                    raise self._replaced(gone)
-                self._members[path] = listed[path] = e  # a later entry of the same name is listed again
-                yield ObjectInfo(path=path, size=e.size)
-        files = sorted(tree.files(), key=lambda f: (f.alias, f.payload.offset))
-        log.info("%s: %d files in the %s archive (read %s)", self._where, len(files), self.kind, self.mode)
-        if gone := next(iter(listed.keys() - {f.path for f in files}), None):
-            raise self._replaced(gone)
+                if not self.one_pass:
+                    tree.add(e, e)
+                elif (path := streamed.add(e, e)) is not None:
+                    self._members[path] = e
+                    yield ObjectInfo(path=path, size=e.size)
+        files = sorted(streamed.rest(), key=lambda f: (f.alias, f.payload.offset))
+        count = len(streamed.listed.keys() | {f.path for f in files})
+        log.info("%s: %d files in the %s archive (read %s)", self._where, count, self.kind, self.mode)
         for f in files:
-            if listed.get(f.path) is f.payload:
-                continue  # listed when its header was read
             self._members[f.path] = f.payload
             yield ObjectInfo(path=f.path, size=f.payload.size)
-
-    def _replaced(self, path: PurePosixPath) -> SourceError:
-        return SourceError(
-            f"unpacking {self._where}: a later entry replaces the file {path} by a directory (or removes it) after "
-            "its bytes were read; read as a stream, such an archive cannot be unpacked: repack it without the "
-            "earlier entry",
-            uri=self._where,
-            path=str(path),
-        )
 
     def open(self, obj: ObjectInfo, *, offset: int = 0) -> AbstractAsyncContextManager[AsyncIterator[bytes]]:
         """Stream one listed file from ``offset``."""

@@ -44,7 +44,7 @@ from job.errors import IntegrityError, SourceError, SourceNotFound
 from job.formats.gzip import GZIP_MAGIC, inflate
 from job.formats.shared_pass import PassInput, SharedPass
 from job.formats.tar import RangedInput, StreamInput, TarEntry, scan_tar
-from job.formats.tree import MAX_FILES, ModelTree
+from job.formats.tree import MAX_FILES, ModelTree, StreamedFiles
 from job.model import ObjectInfo, safe_relative_path
 from job.oci.client import OciClient
 from job.oci.protocol import ANNOTATION_TITLE, DOCKER_CONFIG, INDEX_TYPES, OCI_CONFIG, OCI_LAYER_TAR_GZIP, image_entries
@@ -243,35 +243,22 @@ class OciSource:
         shared = self._passes[last] = SharedPass(lambda: self._layer_stream(layer), self.uri, f"layer {layer.digest}")
         self.one_pass = True
         tree.begin_layer()
-        listed: dict[PurePosixPath, FileLocation] = {}
+        streamed = StreamedFiles(tree)
         tar = PassInput(shared, "the next tar header")
         async for m in scan_tar(tar, f"reading {self.uri} layer {layer.digest}"):
             location = FileLocation(last, m.offset, m.size)
-            if (path := tree.add(m, location)) is None:
-                continue
-            if gone := next((p for p in path.parents if p in listed), None):
-                raise self._replaced(gone, layer)
-            self._files[path] = listed[path] = location
-            yield ObjectInfo(path=path, size=m.size, etag=self._etag(location))
+            if (path := streamed.add(m, location)) is not None:
+                self._files[path] = location
+                yield ObjectInfo(path=path, size=m.size, etag=self._etag(location))
         await shared.read_to_end(tar.position, "the end of the layer")  # its digest is checked there
         await shared.close()
-        files = {f.path: f.payload for f in tree.files()}
-        if ends := [f.offset + f.size for f in files.values() if f.layer == last]:  # a later pass (an alias, a
-            shared.set_end(max(ends), read_to_the_end=True)  # retry) reads to the end and checks the digest too
-        if gone := next(iter(listed.keys() - files.keys()), None):
-            raise self._replaced(gone, layer)
-        for path, location in sorted(files.items(), key=lambda item: (item[1].layer, item[1].offset, item[0])):
-            if listed.get(path) is not location:  # the layers below, then links
-                self._files[path] = location
-                yield ObjectInfo(path=path, size=location.size, etag=self._etag(location))
-
-    def _replaced(self, path: PurePosixPath, layer: _Layer) -> SourceError:
-        return SourceError(
-            f"reading {self.uri} layer {layer.digest}: a later entry replaces the file models/{path} by a directory "
-            "(or removes it) after its bytes were read; read as a stream, such a layer cannot be unpacked",
-            uri=self.uri,
-            path=str(path),
-        )
+        rest = streamed.rest()
+        kept = [*streamed.listed.values(), *(f.payload for f in rest)]
+        if ends := [f.offset + f.size for f in kept if f.layer == last]:  # a later pass (an alias, a retry)
+            shared.set_end(max(ends), read_to_the_end=True)  # reads to the end and checks the digest again
+        for f in sorted(rest, key=lambda f: (f.payload.layer, f.payload.offset, f.path)):  # layers below, then links
+            self._files[f.path] = f.payload
+            yield ObjectInfo(path=f.path, size=f.payload.size, etag=self._etag(f.payload))
 
     async def _scan_all(self, indexes: builtins.list[int]) -> builtins.list[builtins.list[TarEntry]]:
         """The layers' tar entries, scanned in parallel (bounded)."""
