@@ -47,6 +47,7 @@ from tests.integration.jobs import (
     write_tree,
 )
 from tests.servers.faultproxy import FaultProxy, Rule, hold
+from tests.servers.http import HttpTestServer, tar_bytes
 from tests.servers.registry import Registry
 from tests.servers.s3 import S3Server, fresh_bucket
 from tests.standin.model_registry import ModelRegistryStandin
@@ -273,6 +274,21 @@ def test_sigterm_during_an_s3_part_upload(stack: Stack) -> None:
     run, took = sigterm_at(rule, env, stack.tmp)
     assert_terminated(run, took)
     assert open_uploads(stack.s3, bucket) == []  # the multipart upload was aborted
+    assert get_artifact(stack.registry.api_url, intent["MODEL_SYNC_MODEL_ARTIFACT_ID"])["state"] == "ABANDONED"
+
+
+def test_sigterm_during_a_tar_gz_read_once(stack: Stack, http_server: HttpTestServer) -> None:
+    # A one-pass source: the listing is still open (its pass paused in a.bin's bytes) when SIGTERM arrives.
+    bucket = fresh_bucket(stack.s3, "term")
+    intent = update_artifact_env(stack.registry.api_url)
+    archive = http_server.write(f"kill/{uuid.uuid4().hex[:8]}.tar.gz", tar_bytes(MODEL, gz=True))
+    env = {**ONE_AT_A_TIME, **registry_env(stack.registry.url), **intent, "MODEL_SYNC_SOURCE_TYPE": "uri",
+           "MODEL_SYNC_SOURCE_URI": http_server.url(archive),
+           **s3_env("DESTINATION", stack.s3, bucket, "out/m", endpoint=stack.s3_proxy.url)}  # fmt: skip
+    rule = stack.s3_proxy.add(hold(30), method="PUT", path=rf"^/{bucket}/out/m/a\.bin\?.*partNumber=2")
+    run, took = sigterm_at(rule, env, stack.tmp)
+    assert_terminated(run, took)
+    assert open_uploads(stack.s3, bucket) == []
     assert get_artifact(stack.registry.api_url, intent["MODEL_SYNC_MODEL_ARTIFACT_ID"])["state"] == "ABANDONED"
 
 
