@@ -22,8 +22,8 @@ layer's files are served from one shared pass over the whole blob (:class:`~job.
 inflated when gzip: an image built with ``COPY models/ /models/`` holds the whole model in one layer, which is then
 downloaded once for all its files rather than once per file. The pass reads its blob to the end and checks it
 against the layer's digest before the last file's stream ends (for a last layer read once: before the listing
-ends), so no model is committed from unverified bytes (a resume at an offset restarts the pass). Image files are listed in layer and tar order (path order within that), the order the
-pass meets them. Listing checks too: digests must be ``algorithm:hex``, each layer's stored size (a HEAD) must be
+ends), so no model is committed from unverified bytes (a resume at an offset restarts the pass). Image files are
+listed in layer and tar order (path order within that), the order the pass meets them. Listing checks too: digests must be ``algorithm:hex``, each layer's stored size (a HEAD) must be
 the manifest's, a gzip layer's listing pass hashes the whole blob, and a plain tar whose end-of-archive marker
 comes more than 20 KiB before its blob's end is refused.
 """
@@ -155,21 +155,18 @@ class OciSource:
         is_image = config_type in (OCI_CONFIG, DOCKER_CONFIG) and all(
             layer_compression(str(d.get("mediaType"))) for d in layers
         )
+        listed = 0
         if is_image and layer_compression(str(layers[-1].get("mediaType"))) == "gzip":
-            listed = 0
             async for obj in self._stream_image(layers):
                 listed += 1
                 yield obj
-            if listed:
-                return
-            objects = []
         else:
-            objects = await (self._list_image(layers) if is_image else self._list_artifact(layers))
-        if not objects:
+            for obj in await (self._list_image(layers) if is_image else self._list_artifact(layers)):
+                listed += 1
+                yield obj
+        if not listed:
             where = "under /models" if is_image else "in its layers (none has a title annotation)"
             raise SourceNotFound(f"reading {self.uri}: no files {where}", uri=self.uri)
-        for obj in objects:
-            yield obj
 
     def _add_layer(self, descriptor: dict[str, Any], compression: str) -> int:
         what = f"reading {self.uri}: a layer"
@@ -225,9 +222,15 @@ class OciSource:
             indexes.append(self._add_layer(descriptor, compression or "tar"))
         return indexes
 
-    def _tree(self) -> ModelTree[FileLocation]:
+    async def _tree(self, indexes: builtins.list[int]) -> ModelTree[FileLocation]:
+        """The model tree of these layers: scanned in parallel (bounded), applied in order."""
         what = f"reading {self.uri}"
-        return ModelTree("models", what=what, whiteouts=True, absolute_links=True, max_files=self.max_files)
+        tree: ModelTree[FileLocation] = ModelTree(
+            "models", what=what, whiteouts=True, absolute_links=True, max_files=self.max_files
+        )
+        for index, members in zip(indexes, await self._scan_all(indexes), strict=True):
+            tree.apply((m, FileLocation(index, m.offset, m.size)) for m in members)
+        return tree
 
     async def _stream_image(self, layers: builtins.list[dict[str, Any]]) -> AsyncGenerator[ObjectInfo, None]:
         """An image whose last layer is gzip (``COPY models/ /models/``): the layers below are listed first, then
@@ -236,9 +239,7 @@ class OciSource:
         layer lists twice is listed again, and one it turns into a directory is refused."""
         indexes = self._image_layers(layers)
         last, layer = indexes[-1], self._layers[indexes[-1]]
-        tree = self._tree()
-        for index, members in zip(indexes[:-1], await self._scan_all(indexes[:-1]), strict=True):
-            tree.apply((m, FileLocation(index, m.offset, m.size)) for m in members)
+        tree = await self._tree(indexes[:-1])
         await self._check_size(layer)
         shared = self._passes[last] = SharedPass(lambda: self._layer_stream(layer), self.uri, f"layer {layer.digest}")
         self.one_pass = True
@@ -278,9 +279,7 @@ class OciSource:
 
     async def _list_image(self, layers: builtins.list[dict[str, Any]]) -> builtins.list[ObjectInfo]:
         indexes = self._image_layers(layers)
-        tree = self._tree()  # layers scanned in parallel, applied in order
-        for index, members in zip(indexes, await self._scan_all(indexes), strict=True):
-            tree.apply((m, FileLocation(index, m.offset, m.size)) for m in members)
+        tree = await self._tree(indexes)
         files = {f.path: f.payload for f in tree.files()}
         # Layer and tar order (path order for aliases of one member): the order a shared pass meets them.
         self._files = dict(sorted(files.items(), key=lambda item: (item[1].layer, item[1].offset, item[0])))
