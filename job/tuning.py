@@ -16,6 +16,16 @@ quietly costing CPU again.
   parser and every stream stage of the pipeline 4,096 to 16,384 times. Both are class attributes with
   no other setting; 1 MiB makes most reads whatever the socket holds. Memory stays bounded: a read
   returns at most what arrived, and one read per connection is in flight.
+* **Body bytes handed on, not copied.** h11 (under httpcore) appended every received read to a bytearray,
+  sliced it out twice (one slice only to test that it was not empty) and httpcore copied the slice into
+  ``bytes``: four copies of each downloaded byte (README, Performance, has what they cost). The
+  :class:`PassThroughBuffer` holds a read that arrives at an empty buffer as it is and hands it on whole
+  when the body reader takes all of it, so ``bytes()`` of it is the same object: no copy. Anything else
+  (header lines, a read split between two events) takes h11's own path on a bytearray, as before.
+* **No probe for a missing sniffio.** httpcore tries ``import sniffio`` for each connection and lock it
+  makes; anyio 4 no longer installs sniffio, so each try searched the whole module path and failed, 200
+  times and more per GiB moved. Where sniffio is not installed, a ``None`` entry fails the import at once,
+  and httpcore takes its answer for that case, asyncio.
 * **No page faults per chunk.** glibc's malloc serves blocks over 128 KiB (rising with use, but not
   reliably) with ``mmap`` and returns freed heap tops to the kernel, so each 256 KiB-1 MiB chunk of a
   transfer was freshly mapped and zeroed by the kernel: 400,000 minor faults and 1-2 s of system CPU per
@@ -27,9 +37,13 @@ from __future__ import annotations
 
 import asyncio.selector_events
 import ctypes
+import importlib.util
 import sys
 
-__all__ = ["MMAP_THRESHOLD", "NOT_IMPORTED", "READ_SIZE", "TRIM_THRESHOLD", "apply"]
+import h11._connection
+from h11._receivebuffer import ReceiveBuffer
+
+__all__ = ["MMAP_THRESHOLD", "NOT_IMPORTED", "READ_SIZE", "TRIM_THRESHOLD", "PassThroughBuffer", "apply"]
 
 NOT_IMPORTED = ("httpx._main", "urllib3.contrib.pyopenssl")
 """Modules some library imports if it can, that model-sync never uses (see the module docstring)."""
@@ -46,11 +60,50 @@ def apply() -> None:
     """Make the settings of the module docstring; safe to call more than once."""
     for name in NOT_IMPORTED:
         sys.modules.setdefault(name, None)  # type: ignore[arg-type]
+    if "sniffio" not in sys.modules and importlib.util.find_spec("sniffio") is None:
+        sys.modules["sniffio"] = None  # type: ignore[assignment]
+    h11._connection.ReceiveBuffer = PassThroughBuffer  # type: ignore[attr-defined]
     asyncio.selector_events._SelectorSocketTransport.max_size = READ_SIZE  # type: ignore[attr-defined]
     import httpcore  # after the entries above: httpcore imports nothing of them, httpx comes later
 
     httpcore.AsyncHTTP11Connection.READ_NUM_BYTES = READ_SIZE
     _tune_malloc()
+
+
+class PassThroughBuffer(ReceiveBuffer):
+    """h11's receive buffer, except that a read arriving at an empty buffer is held as the ``bytes`` it is, and
+    handed on as that object when a body reader takes all of it (the module docstring says why).
+
+    ``_data`` is then ``bytes`` until something else is asked of the buffer: every other way out goes
+    through :meth:`_extract`, which first turns it back into the bytearray h11's line parsing edits in place.
+    Reads and searches (``find``, the regex, indexing, ``len``) work on either.
+    """
+
+    def __iadd__(self, byteslike: bytes | bytearray) -> PassThroughBuffer:
+        if not self._data and type(byteslike) is bytes:
+            self._data = byteslike  # type: ignore[assignment]  # held, not copied
+        else:
+            self._mutable()
+            self._data += byteslike
+        return self
+
+    def maybe_extract_at_most(self, count: int) -> bytearray | None:
+        data = self._data
+        if not data:
+            return None
+        if count < len(data):
+            return self._extract(count)
+        self._data = bytearray()
+        self._next_line_search = self._multiple_lines_search = 0
+        return data  # the whole buffer, given away: bytes as received, or h11's own bytearray
+
+    def _extract(self, count: int) -> bytearray:
+        self._mutable()
+        return super()._extract(count)
+
+    def _mutable(self) -> None:
+        if not isinstance(self._data, bytearray):  # bytes held by __iadd__
+            self._data = bytearray(self._data)
 
 
 def _tune_malloc() -> bool:

@@ -99,3 +99,124 @@ def test_chunks_reuse_the_heap_instead_of_faulting_pages_in() -> None:
     )
     faults = int(subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout)
     assert faults < 2_000  # 1,000 x 2 x 256 pages when each chunk is freshly mapped
+
+
+# --- h11's receive buffer ---------------------------------------------------------------------------------------
+
+RESPONSES = (
+    b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\nX-A: 1\r\n\r\n0123456789"
+    b"HTTP/1.1 206 Partial Content\r\nTransfer-Encoding: chunked\r\nX-Folded: a\r\n b\r\n\r\n"
+    b"4\r\nwxyz\r\n3;ext=1\r\nabc\r\n0\r\nTrailer: t\r\n\r\n"
+    b"HTTP/1.1 204 No Content\r\n\r\n"
+    b"HTTP/1.0 200 OK\r\n\r\nto the end of the connection"
+)
+"""Four responses on one connection: a counted body, a chunked one with a folded header and a trailer, none,
+and one read until the connection closes."""
+
+
+def _events(buffer: type, reads: list[bytes]) -> list[tuple[str, object]]:
+    """The events an h11 client built with ``buffer`` parses from ``reads`` (four GETs in turn)."""
+    import h11
+    import h11._connection
+
+    saved = h11._connection.ReceiveBuffer
+    h11._connection.ReceiveBuffer = buffer  # type: ignore[misc]
+    try:
+        conn = h11.Connection(h11.CLIENT)
+    finally:
+        h11._connection.ReceiveBuffer = saved  # type: ignore[misc]
+    seen: list[tuple[str, object]] = []
+    conn.send(h11.Request(method="GET", target="/", headers=[("Host", "x")]))
+    conn.send(h11.EndOfMessage())
+    for data in [*reads, b""]:  # b"": the server closed the connection
+        conn.receive_data(data)
+        while True:
+            event = conn.next_event()
+            if event is h11.NEED_DATA or event is h11.PAUSED:
+                break
+            if isinstance(event, h11.ConnectionClosed):
+                return seen
+            if isinstance(event, h11.Data):
+                seen.append(("Data", bytes(event.data)))
+            elif isinstance(event, h11.Response | h11.EndOfMessage):
+                seen.append((type(event).__name__, [(bytes(k), bytes(v)) for k, v in event.headers]))
+            if isinstance(event, h11.EndOfMessage) and conn.our_state is h11.DONE and conn.their_state is h11.DONE:
+                conn.start_next_cycle()
+                conn.send(h11.Request(method="GET", target="/", headers=[("Host", "x")]))
+                conn.send(h11.EndOfMessage())
+    return seen
+
+
+@pytest.mark.parametrize("step", [1, 2, 3, 7, 16, 33, 64, len(RESPONSES)])
+def test_the_pass_through_buffer_parses_what_h11s_own_buffer_parses(step: int) -> None:
+    from h11._receivebuffer import ReceiveBuffer
+
+    reads = [RESPONSES[i : i + step] for i in range(0, len(RESPONSES), step)]
+    expected = _events(ReceiveBuffer, reads)
+    assert [name for name, _ in expected].count("EndOfMessage") == 4
+    assert b"".join(data for name, data in expected if name == "Data") == (  # type: ignore[misc]
+        b"0123456789wxyzabcto the end of the connection"
+    )
+    assert _events(tuning.PassThroughBuffer, reads) == expected
+    # the same reads as bytearrays and memoryview-backed bytes take h11's path and agree too
+    assert _events(tuning.PassThroughBuffer, [bytearray(r) for r in reads]) == expected
+
+
+def test_a_body_read_is_handed_on_without_a_copy() -> None:
+    import h11
+
+    tuning.apply()
+    conn = h11.Connection(h11.CLIENT)
+    conn.send(h11.Request(method="GET", target="/", headers=[("Host", "x")]))
+    conn.send(h11.EndOfMessage())
+    read = bytes(range(256)) * 3906 + b"0123"
+    conn.receive_data(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % (len(read) + 1000))
+    assert isinstance(conn.next_event(), h11.Response)
+    conn.receive_data(read)
+    event = conn.next_event()
+    assert isinstance(event, h11.Data)
+    assert bytes(event.data) is read  # what httpcore yields: the very object the socket returned
+    conn.receive_data(read[:1000] + b"rest")  # more than the body holds: the counted part, then the rest kept
+    event = conn.next_event()
+    assert isinstance(event, h11.Data) and bytes(event.data) == read[:1000]
+    assert isinstance(conn.next_event(), h11.EndOfMessage)
+    assert conn.trailing_data == (b"rest", False)
+
+
+def test_httpcore_copies_a_body_event_with_bytes_and_h11_builds_the_tunable_buffer() -> None:
+    import h11._connection
+
+    source = inspect.getsource(httpcore.AsyncHTTP11Connection._receive_response_body)
+    assert "yield bytes(event.data)" in source  # bytes() of a bytes object is that object: no copy
+    assert "ReceiveBuffer()" in inspect.getsource(h11._connection.Connection.__init__)
+    tuning.apply()
+    assert h11._connection.ReceiveBuffer is tuning.PassThroughBuffer
+
+
+def test_a_missing_sniffio_is_not_searched_for_again() -> None:
+    code = (
+        "import sys, importlib.util\n"
+        "installed = importlib.util.find_spec('sniffio') is not None\n"
+        "import job, httpcore._synchronization as s\n"
+        "print(installed, sys.modules.get('sniffio', 'absent') is None, s.current_async_library())\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout.split()
+    installed, blocked, library = out
+    assert library == "asyncio"
+    assert blocked == str(installed == "False")
+
+
+def test_the_console_script_loads_with_the_collector_paused_and_runs_with_it_on() -> None:
+    import tomllib
+    from pathlib import Path
+
+    scripts = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts["model-sync"] == "job.launch:main"
+    code = (
+        "import gc, job.__main__ as m\n"
+        "m.main = lambda: print(gc.isenabled(), gc.get_freeze_count() > 10000)\n"
+        "from job.launch import main\n"
+        "main()\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
+    assert out.split() == ["True", "True"]
