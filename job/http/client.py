@@ -22,6 +22,7 @@ import httpx
 from pydantic import SecretStr
 
 from job.errors import SourceAuthError, SourceError, SourceNotFound
+from job.http.backend import on_asyncio
 from job.http.download import Download
 from job.http.settings import HttpSettings
 from job.http.urls import display_url, origin_of
@@ -121,12 +122,14 @@ class HttpClient:
         self._scoped: dict[tuple[str, str, int], dict[str, SecretStr]] = {}
         for url, headers in (scoped_headers or {}).items():
             self._scoped.setdefault(origin_of(url), {}).update(headers)
-        self._client = httpx.AsyncClient(
-            transport=transport,
-            timeout=httpx.Timeout(self.settings.timeout, connect=self.settings.connect_timeout, pool=None),
-            follow_redirects=False,
-            # identity: Content-Length and Range then count the file's own bytes, and aiter_raw needs no decoder.
-            headers={"User-Agent": USER_AGENT, "Accept-Encoding": "identity"},
+        self._client = on_asyncio(
+            httpx.AsyncClient(
+                transport=transport,
+                timeout=httpx.Timeout(self.settings.timeout, connect=self.settings.connect_timeout, pool=None),
+                follow_redirects=False,
+                # identity: Content-Length and Range then count the file's own bytes, and aiter_raw needs no decoder.
+                headers={"User-Agent": USER_AGENT, "Accept-Encoding": "identity"},
+            )
         )
 
     def download(

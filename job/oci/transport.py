@@ -41,6 +41,7 @@ import httpx
 from pydantic import SecretStr
 
 from job.errors import ModelSyncError
+from job.http.backend import on_asyncio
 from job.oci.certs import registry_ssl_context, untrusted_hint
 from job.oci.protocol import RegistryAuth, Scopes, Side, error_for, transport_error
 from job.retry import RetrySettings, is_retryable_status, log_before_sleep
@@ -83,12 +84,14 @@ class OciTransport:
         verify: ssl.SSLContext | bool = False
         if tls_verify:
             verify = registry_ssl_context(ca_bundle=ca_bundle, cert_dir=cert_dir, hosts=(registry, *cert_names))
-        self._http = httpx.AsyncClient(
-            verify=verify,
-            timeout=timeout or self.retry.httpx_timeout(),
-            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
-            follow_redirects=False,
-            headers={"User-Agent": "model-sync"},
+        self._http = on_asyncio(
+            httpx.AsyncClient(
+                verify=verify,
+                timeout=timeout or self.retry.httpx_timeout(),
+                limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
+                follow_redirects=False,
+                headers={"User-Agent": "model-sync"},
+            )
         )
         self._auth = RegistryAuth(self._http, registry, username, password, self._fail, self.retry)
         self._base: str | None = None
