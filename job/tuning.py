@@ -26,6 +26,13 @@ quietly costing CPU again.
   makes; anyio 4 no longer installs sniffio, so each try searched the whole module path and failed, 200
   times and more per GiB moved. Where sniffio is not installed, a ``None`` entry fails the import at once,
   and httpcore takes its answer for that case, asyncio.
+* **No CA bundle loaded for TLS contexts nobody uses.** aiohttp, imported by aiobotocore for an S3 side, builds
+  two default TLS contexts when it is imported, each loading the system's CA bundle: a tenth of an S3 job's
+  start-up CPU. aiobotocore uses neither for verifying: it passes its own context for a verified ``https``
+  endpoint (with the bundle botocore chooses: ``AWS_CA_BUNDLE``, the config, certifi) and ``ssl=False``
+  otherwise, which aiohttp serves with its unverified context, where CAs play no part. While that import runs
+  (:func:`unused_tls_defaults`, in ``job/s3/__init__.py``) loading the default verify paths does nothing; were
+  aiohttp's verified default ever used, it would trust no CA and refuse, never accept.
 * **No page faults per chunk.** glibc's malloc serves blocks over 128 KiB (rising with use, but not
   reliably) with ``mmap`` and returns freed heap tops to the kernel, so each 256 KiB-1 MiB chunk of a
   transfer was freshly mapped and zeroed by the kernel: 400,000 minor faults and 1-2 s of system CPU per
@@ -36,14 +43,25 @@ quietly costing CPU again.
 from __future__ import annotations
 
 import asyncio.selector_events
+import contextlib
 import ctypes
 import importlib.util
+import ssl
 import sys
+from collections.abc import Iterator
 
 import h11._connection
 from h11._receivebuffer import ReceiveBuffer
 
-__all__ = ["MMAP_THRESHOLD", "NOT_IMPORTED", "READ_SIZE", "TRIM_THRESHOLD", "PassThroughBuffer", "apply"]
+__all__ = [
+    "MMAP_THRESHOLD",
+    "NOT_IMPORTED",
+    "READ_SIZE",
+    "TRIM_THRESHOLD",
+    "PassThroughBuffer",
+    "apply",
+    "unused_tls_defaults",
+]
 
 NOT_IMPORTED = ("httpx._main", "urllib3.contrib.pyopenssl")
 """Modules some library imports if it can, that model-sync never uses (see the module docstring)."""
@@ -104,6 +122,25 @@ class PassThroughBuffer(ReceiveBuffer):
     def _mutable(self) -> None:
         if not isinstance(self._data, bytearray):  # bytes held by __iadd__
             self._data = bytearray(self._data)
+
+
+@contextlib.contextmanager
+def unused_tls_defaults() -> Iterator[None]:
+    """While aiohttp is imported: TLS contexts made meanwhile load no default CA certificates (module docstring)."""
+    cls = ssl.SSLContext
+    own = cls.__dict__.get("set_default_verify_paths")
+    cls.set_default_verify_paths = _no_default_verify_paths  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        if own is None:
+            del cls.set_default_verify_paths
+        else:  # pragma: no cover - the stdlib inherits it from _ssl._SSLContext
+            cls.set_default_verify_paths = own  # type: ignore[method-assign]
+
+
+def _no_default_verify_paths(self: ssl.SSLContext) -> None:
+    return None
 
 
 def _tune_malloc() -> bool:

@@ -220,3 +220,23 @@ def test_the_console_script_loads_with_the_collector_paused_and_runs_with_it_on(
     )
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
     assert out.split() == ["True", "True"]
+
+
+def test_aiohttps_unused_default_tls_contexts_load_no_cas_and_everything_else_still_does() -> None:
+    code = (
+        "import ssl, job.s3.client, aiohttp.connector as c\n"
+        "print(c._SSL_CONTEXT_VERIFIED.cert_store_stats()['x509_ca'], c._SSL_CONTEXT_UNVERIFIED.verify_mode,\n"
+        "      'set_default_verify_paths' in ssl.SSLContext.__dict__,\n"
+        "      ssl.create_default_context().cert_store_stats()['x509_ca'] > 0)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout.split()
+    assert out == ["0", "0", "False", "True"]  # verified default: no CA, fails closed; CERT_NONE; restored
+
+
+def test_aiobotocore_never_asks_aiohttp_for_its_verified_default_context() -> None:
+    import aiobotocore.httpsession  # type: ignore[import-untyped]
+    import aiohttp.connector
+
+    assert "_SSL_CONTEXT_VERIFIED = _make_ssl_context(True)" in inspect.getsource(aiohttp.connector)
+    source = inspect.getsource(aiobotocore.httpsession.AIOHTTPSession)
+    assert "ssl=ssl_context or False" in source  # its own context when verifying, else no verification
