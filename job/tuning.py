@@ -27,8 +27,8 @@ quietly costing CPU again.
   times and more per GiB moved. Where sniffio is not installed, a ``None`` entry fails the import at once,
   and httpcore takes its answer for that case, asyncio.
 * **No CA bundle loaded for TLS contexts nobody uses.** aiohttp, imported by aiobotocore for an S3 side, builds
-  two default TLS contexts when it is imported, each loading the system's CA bundle: a tenth of an S3 job's
-  start-up CPU. aiobotocore uses neither for verifying: it passes its own context for a verified ``https``
+  two default TLS contexts when it is imported, each loading the system's CA bundle (README, Performance,
+  has what that cost at every S3 job's start). aiobotocore uses neither for verifying: it passes its own context for a verified ``https``
   endpoint (with the bundle botocore chooses: ``AWS_CA_BUNDLE``, the config, certifi) and ``ssl=False``
   otherwise, which aiohttp serves with its unverified context, where CAs play no part. While that import runs
   (:func:`unused_tls_defaults`, in ``job/s3/__init__.py``) loading the default verify paths does nothing; were
