@@ -152,7 +152,9 @@ class AsyncioStream(httpcore.AsyncNetworkStream):
             timer.cancel()
 
     async def aclose(self) -> None:
-        self._transport.close()
+        # abort, as anyio's stream did: a body still queued after a cancelled upload is dropped, not sent on
+        self._transport.abort()
+        await asyncio.sleep(0)
 
     async def start_tls(
         self, ssl_context: ssl.SSLContext, server_hostname: str | None = None, timeout: float | None = None

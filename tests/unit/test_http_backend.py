@@ -96,10 +96,12 @@ async def test_a_server_that_closed_an_idle_connection_gets_a_new_one() -> None:
 
 
 async def test_a_stalled_server_is_a_read_timeout_and_a_short_body_an_error() -> None:
+    released = asyncio.Event()
+
     async def stall(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.readuntil(b"\r\n\r\n")
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc")
-        await asyncio.sleep(2)
+        await released.wait()
         writer.close()
 
     async def cut(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -111,6 +113,7 @@ async def test_a_stalled_server_is_a_read_timeout_and_a_short_body_an_error() ->
     async with serve(stall) as port, client(timeout=0.3) as c:
         with pytest.raises(httpx.ReadTimeout):
             await c.get(f"http://127.0.0.1:{port}/")
+        released.set()
     async with serve(cut) as port, client() as c:
         with pytest.raises(httpx.RemoteProtocolError):
             await c.get(f"http://127.0.0.1:{port}/")
@@ -194,3 +197,28 @@ async def test_tls_is_negotiated_on_the_connection(certificate: tuple[Path, Path
         async with client() as c:  # the system's CAs do not know this certificate
             with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
                 await c.get(f"https://127.0.0.1:{port}/")
+
+
+async def test_closing_a_connection_drops_what_it_still_had_to_send() -> None:
+    """A cancelled upload's connection is closed by httpcore: the rest of its queued body is not sent on."""
+    received = 0
+    done = asyncio.Event()
+
+    async def slow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal received
+        await asyncio.sleep(0.5)  # the client's buffers fill, then it gives up
+        while chunk := await reader.read(1024 * 1024):
+            received += len(chunk)
+        done.set()
+        writer.close()
+
+    size = 128 * 1024 * 1024
+    async with serve(slow) as port:
+        async with client() as c:
+            upload = asyncio.create_task(c.post(f"http://127.0.0.1:{port}/", content=bytes(size)))
+            await asyncio.sleep(0.2)
+            upload.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await upload
+        await asyncio.wait_for(done.wait(), 10)
+    assert received < size // 2
