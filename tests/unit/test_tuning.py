@@ -193,6 +193,11 @@ def test_httpcore_copies_a_body_event_with_bytes_and_h11_builds_the_tunable_buff
     assert h11._connection.ReceiveBuffer is tuning.PassThroughBuffer
 
 
+def _printed(code: str) -> list[str]:
+    """The words ``code`` prints, run in a fresh interpreter (pytest's plugins have imported much already)."""
+    return subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout.split()
+
+
 def test_a_missing_sniffio_is_not_searched_for_again() -> None:
     code = (
         "import sys, importlib.util\n"
@@ -200,8 +205,7 @@ def test_a_missing_sniffio_is_not_searched_for_again() -> None:
         "import job, httpcore._synchronization as s\n"
         "print(installed, sys.modules.get('sniffio', 'absent') is None, s.current_async_library())\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout.split()
-    installed, blocked, library = out
+    installed, blocked, library = _printed(code)
     assert library == "asyncio"
     assert blocked == str(installed == "False")
 
@@ -218,8 +222,7 @@ def test_the_console_script_loads_with_the_collector_paused_and_runs_with_it_on(
         "from job.launch import main\n"
         "main()\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
-    assert out.split() == ["True", "True"]
+    assert _printed(code) == ["True", "True"]
 
 
 def test_aiohttps_unused_default_tls_contexts_load_no_cas_and_everything_else_still_does() -> None:
@@ -229,8 +232,7 @@ def test_aiohttps_unused_default_tls_contexts_load_no_cas_and_everything_else_st
         "      'set_default_verify_paths' in ssl.SSLContext.__dict__,\n"
         "      ssl.create_default_context().cert_store_stats()['x509_ca'] > 0)\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout.split()
-    assert out == ["0", "0", "False", "True"]  # verified default: no CA, fails closed; CERT_NONE; restored
+    assert _printed(code) == ["0", "0", "False", "True"]  # verified default: no CA, fails closed; CERT_NONE; restored
 
 
 def test_aiobotocore_never_asks_aiohttp_for_its_verified_default_context() -> None:
