@@ -26,11 +26,12 @@ quietly costing CPU again.
   makes; anyio 4 no longer installs sniffio, so each try searched the whole module path and failed, 200
   times and more per GiB moved. Where sniffio is not installed, a ``None`` entry fails the import at once,
   and httpcore takes its answer for that case, asyncio.
-* **No CA bundle loaded for TLS contexts nobody uses.** aiohttp, imported by aiobotocore for an S3 side, builds
-  two default TLS contexts when it is imported, each loading the system's CA bundle (README, Performance,
-  has what that cost at every S3 job's start). aiobotocore uses neither for verifying: it passes its own context for a verified ``https``
-  endpoint (with the bundle botocore chooses: ``AWS_CA_BUNDLE``, the config, certifi) and ``ssl=False``
-  otherwise, which aiohttp serves with its unverified context, where CAs play no part. While that import runs
+* **No CA bundle loaded for TLS contexts nobody uses.** aiohttp, imported by aiobotocore for an S3 side,
+  builds two default TLS contexts when it is imported, each loading the system's CA bundle (README,
+  Performance, has what that cost at every S3 job's start). aiobotocore uses neither for verifying: it
+  passes its own context for a verified ``https`` endpoint (with the bundle botocore chooses:
+  ``AWS_CA_BUNDLE``, the config, certifi) and ``ssl=False`` otherwise, which aiohttp serves with its
+  unverified context, where CAs play no part. While that import runs
   (:func:`unused_tls_defaults`, in ``job/s3/__init__.py``) loading the default verify paths does nothing; were
   aiohttp's verified default ever used, it would trust no CA and refuse, never accept.
 * **No page faults per chunk.** glibc's malloc serves blocks over 128 KiB (rising with use, but not

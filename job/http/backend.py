@@ -10,9 +10,9 @@ a write hands the buffer to the transport and waits only when the transport asks
 
 Reading stops while :data:`BUFFER_LIMIT` bytes wait unread, so memory stays bounded by connections, not by
 how slowly the consumer reads. Timeouts and errors are httpcore's own (``ReadTimeout``, ``WriteError``...)
-so httpx maps them as it does for anyio's streams. :func:`direct_transport` is httpx's transport with this
-backend; a proxy mount that httpx makes from the environment keeps httpx's own backend (it may need TLS
-inside TLS, which asyncio's transports do not all support).
+so httpx maps them as it does for anyio's streams. :func:`on_asyncio` puts a client's direct connections on
+this backend; a proxy's transport, made from the environment, keeps httpx's own (it may need TLS inside TLS,
+which asyncio's transports do not all support).
 """
 
 # ruff: noqa: ASYNC109 - httpcore's stream and backend interface passes each timeout as an argument
