@@ -182,7 +182,9 @@ class ModelTree(Generic[T]):
             if existing is not None and existing.kind != "dir":
                 self._remove(parent)
         existing = self._nodes.get(path)
-        if node.kind == "dir" and existing is not None and existing.kind == "dir":
+        if node.kind == "dir" and (existing is None or existing.kind == "dir"):
+            if existing is None:  # a directory only implied by what is below it so far merges too
+                self._nodes[path] = node
             return  # directories merge
         self._remove(path)
         self._nodes[path] = node

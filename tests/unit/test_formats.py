@@ -319,6 +319,11 @@ def test_a_layer_added_entry_by_entry_whites_out_only_the_layers_below() -> None
     assert {str(f.path): f.payload for f in tree.files()} == {"a": 1, "a2": 1, "d/y": 4}
 
 
+def test_a_directory_entry_merges_with_one_a_lower_layer_only_implied() -> None:
+    # A layer written without an entry for models/ itself, under one that has it: the directories merge.
+    assert image([("models/a", "file")], [("models/", "dir"), ("models/b", "file")]) == {"a": 0, "b": 1001}
+
+
 def test_a_whiteout_of_models_itself_hides_the_base_and_devices_outside_models_are_ignored() -> None:
     assert image([("models/base-file", "file"), ("dev/console", "character device")],
                  [(".wh.models", "file"), ("models/m", "file")]) == {"m": 1001}  # fmt: skip
