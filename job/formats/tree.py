@@ -92,13 +92,12 @@ class ModelTree(Generic[T]):
         self.absolute_links = absolute_links
         self.max_files = max_files
         self._nodes: dict[str, _Node[T]] = {}
-        self._layer: set[str] | None = None  # paths added by a layer read as a stream (begin_layer)
 
     # --- applying entries ---------------------------------------------------------------------------------
 
     def apply(self, entries: Iterable[tuple[Member, T]]) -> None:
         """Apply one layer (or a whole archive): whiteouts first when the tree has them, then the entries."""
-        named = [(self._normalize(m.name), m, payload) for m, payload in entries]
+        named = [(self.normalize(m.name), m, payload) for m, payload in entries]
         if self.whiteouts:
             for path, _, _ in named:
                 parent, _, base = path.rpartition("/")
@@ -109,35 +108,23 @@ class ModelTree(Generic[T]):
         for path, member, payload in named:
             self._add(path, member, payload)
 
-    def begin_layer(self) -> None:
-        """The entries :meth:`add` gets from now on are one layer read as a stream: its whiteouts apply to the
-        layers below only (what it added itself stays), as :meth:`apply` does for a whole layer."""
-        self._layer = set()
-
     def add(self, member: Member, payload: T) -> PurePosixPath | None:
         """Apply one entry (an archive read as a stream: refused as soon as it is read).
 
         Returns the path the tree now lists ``payload`` under when the entry is a file of its own under the root
         (not a link, which is resolved at the end), else None."""
-        path = self._normalize(member.name)
-        parent, _, base = path.rpartition("/")
-        if self.whiteouts and self._layer is not None and base.startswith(".wh."):
-            opaque = base == ".wh..wh..opq"
-            target = parent if opaque else f"{parent}/{base[4:]}" if parent else base[4:]
-            self._remove(target, keep_self=opaque, keep=self._layer)
-            return None
+        path = self.normalize(member.name)
         self._add(path, member, payload)
-        if self._layer is not None:
-            self._layer.add(path)
         node = self._nodes.get(path)
         if node is None or node.kind != "file" or node.alias or node.payload is not payload:
             return None
-        return self._relative(path)
+        return self.relative(path)
 
     def _refuse(self, entry: str, why: str) -> SourceError:
         return SourceError(f"{self.what}: refusing entry {entry!r}: {why}", path=entry)
 
-    def _normalize(self, name: str) -> str:
+    def normalize(self, name: str) -> str:
+        """``name`` normalised (``./a//b`` is ``a/b``); an unsafe name is refused."""
         if name.startswith("/"):
             raise self._refuse(name, "absolute paths are not allowed")
         if any(ord(c) < 0x20 or c in "\x7f\\" for c in name):
@@ -147,15 +134,14 @@ class ModelTree(Generic[T]):
             raise self._refuse(name, "'..' would escape the root")
         return "/".join(parts)
 
-    def _inside(self, path: str) -> bool:
+    def inside(self, path: str) -> bool:
         return not self.root or path == self.root or path.startswith(self.root + "/")
 
     def _add(self, path: str, member: Member, payload: T) -> None:
         base = path.rpartition("/")[2]
-        if not path or not self._inside(path) or (self.whiteouts and base.startswith(".wh.")):
+        if not path or not self.inside(path) or (self.whiteouts and base.startswith(".wh.")):
             return
-        if member.kind not in _ALLOWED:
-            raise self._refuse(member.name, f"it is a {member.kind}; only files, directories and links are allowed")
+        self.check_kind(member)
         if member.kind == "dir":
             self._put(path, _Node("dir", member.name))
         elif member.kind == "file":
@@ -166,13 +152,18 @@ class ModelTree(Generic[T]):
             self._put(path, _Node("symlink", member.name, target=member.link))
         else:  # a hard link: to an earlier file, named from the top of the archive or image
             try:
-                target = self._normalize(member.link.lstrip("/") if self.absolute_links else member.link)
+                target = self.normalize(member.link.lstrip("/") if self.absolute_links else member.link)
             except SourceError:
                 raise self._refuse(member.name, f"hard link to {member.link!r}, outside {self._root_name()}") from None
             node = self._nodes.get(target)
-            if not self._inside(target) or node is None or node.kind != "file":
+            if not self.inside(target) or node is None or node.kind != "file":
                 raise self._refuse(member.name, f"hard link to {member.link!r}, which is not a file {self._under()}")
             self._put(path, _Node("file", member.name, node.payload, alias=True))
+
+    def check_kind(self, member: Member) -> None:
+        """Refuse an entry of a kind the root may not hold (a device, fifo, socket or sparse file)."""
+        if member.kind not in _ALLOWED:
+            raise self._refuse(member.name, f"it is a {member.kind}; only files, directories and links are allowed")
 
     def _put(self, path: str, node: _Node[T]) -> None:
         parts = path.split("/")
@@ -189,11 +180,9 @@ class ModelTree(Generic[T]):
         self._remove(path)
         self._nodes[path] = node
 
-    def _remove(self, path: str, *, keep_self: bool = False, keep: set[str] | frozenset[str] = frozenset()) -> None:
+    def _remove(self, path: str, *, keep_self: bool = False) -> None:
         prefix = path + "/" if path else ""
-        for key in [
-            k for k in self._nodes if (k.startswith(prefix) or (k == path and not keep_self)) and k not in keep
-        ]:
+        for key in [k for k in self._nodes if k.startswith(prefix) or (k == path and not keep_self)]:
             del self._nodes[key]
 
     # --- resolving ------------------------------------------------------------------------------------------
@@ -225,13 +214,13 @@ class ModelTree(Generic[T]):
                 if hops >= MAX_HOPS:
                     raise self._refuse(node.entry, "its links go round in a loop (too many levels of links)")
                 target = self._join(current, node.target, node.entry)
-                if not self._inside(target):
+                if not self.inside(target):
                     raise self._refuse(node.entry, f"it links to {node.target!r}, outside {self._root_name()}")
                 candidate = self._resolve(target, hops + 1)
             current = candidate
         return current
 
-    def _relative(self, path: str) -> PurePosixPath:
+    def relative(self, path: str) -> PurePosixPath:
         rel = path[len(self.root) + 1 :] if self.root else path
         return safe_relative_path(rel, what=f"file in {self.what}")
 
@@ -244,7 +233,7 @@ class ModelTree(Generic[T]):
 
         def keep(path: str, node: _Node[T], alias: bool) -> None:
             assert node.payload is not None
-            found[self._relative(path)] = TreeFile(self._relative(path), node.payload, alias)
+            found[self.relative(path)] = TreeFile(self.relative(path), node.payload, alias)
             if len(found) > self.max_files:
                 raise SourceError(
                     f"{self.what}: it lists more than {self.max_files} files, links expanded included (MODEL_SYNC_MAX_FILES)"
@@ -269,7 +258,8 @@ class ModelTree(Generic[T]):
 
 
 class StreamedFiles(Generic[T]):
-    """The files of ``tree`` listed as a stream reaches them (a tar.gz, or an image's top layer, read once).
+    """The files of ``tree`` listed as a stream reaches them (a tar.gz read once; an image's layers read once:
+    :class:`job.formats.layers.StreamedLayers`).
 
     :meth:`add` applies one entry and returns the path of a file to list now (a file of its own; a later entry of
     the same name is listed again, as it replaces the first). :meth:`rest` is what the finished tree holds beyond

@@ -7,9 +7,11 @@
   ``models/`` of the flattened layers (:class:`job.formats.tree.ModelTree`: later layers win, whiteouts and
   links handled), named relative to ``models/``. Uncompressed layers are listed by reading their tar
   headers with small ranged GETs (:class:`job.formats.tar.RangedInput`), so a 10 GiB modelcar lists in
-  kilobytes; gzip layers are streamed and decompressed, but a gzip *last* layer (``COPY models/ /models/`` on a
-  base) is read once in all: listed as its pass reaches each file, which is served from that same pass (the
-  source is ``one_pass``). A layer labelled tar starting with the gzip magic is read as gzip. zstd is refused.
+  kilobytes; gzip layers below them are streamed and decompressed. An image whose top layer is gzip (what
+  ``docker push`` and ``skopeo copy --dest-compress`` write) is read once in all, from its top layer down
+  (:mod:`job.formats.layers`): each file listed as its layer's pass reaches it and served from that same pass
+  (the source is ``one_pass``). A layer labelled tar starting with the gzip magic is read as gzip. zstd is
+  refused.
   ``ObjectInfo.digest`` stays None: a layer digest is not the file's digest.
 * **ORAS artifact** (anything else): each layer with an ``org.opencontainers.image.title`` annotation is
   one file named by it (checked by ``safe_relative_path``), with the layer's size and digest, which *is*
@@ -21,9 +23,10 @@
 layer's files are served from one shared pass over the whole blob (:class:`~job.formats.shared_pass.SharedPass`),
 inflated when gzip: an image built with ``COPY models/ /models/`` holds the whole model in one layer, which is then
 downloaded once for all its files rather than once per file. The pass reads its blob to the end and checks it
-against the layer's digest before the last file's stream ends (for a last layer read once: before the listing
+against the layer's digest before the last file's stream ends (for layers read once: before the listing
 ends), so no model is committed from unverified bytes (a resume at an offset restarts the pass). Image files are
-listed in layer and tar order (path order within that), the order the pass meets them. Listing checks too: digests must be ``algorithm:hex``, each layer's stored size (a HEAD) must be
+listed in layer and tar order (path order within that; top layer first when read top-down), the order the passes
+meet them. Listing checks too: digests must be ``algorithm:hex``, each layer's stored size (a HEAD) must be
 the manifest's, a gzip layer's listing pass hashes the whole blob, and a plain tar whose end-of-archive marker
 comes more than 20 KiB before its blob's end is refused.
 """
@@ -32,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import functools
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing, asynccontextmanager
@@ -42,13 +46,14 @@ from typing import Any
 from job.config import OciLocation
 from job.errors import IntegrityError, SourceError, SourceNotFound
 from job.formats.gzip import GZIP_MAGIC, inflate
+from job.formats.layers import StreamedLayers
 from job.formats.shared_pass import PassInput, SharedPass
 from job.formats.tar import RangedInput, StreamInput, TarEntry, scan_tar
-from job.formats.tree import MAX_FILES, ModelTree, StreamedFiles
+from job.formats.tree import MAX_FILES, ModelTree
 from job.model import ObjectInfo, safe_relative_path
 from job.oci.client import OciClient
-from job.oci.protocol import ANNOTATION_TITLE, DOCKER_CONFIG, INDEX_TYPES, OCI_CONFIG, OCI_LAYER_TAR_GZIP, image_entries
-from job.oci.pull import default_platform, layer_compression, verified_blob
+from job.oci.protocol import ANNOTATION_TITLE, DOCKER_CONFIG, INDEX_TYPES, OCI_CONFIG, OCI_LAYER_TAR_GZIP
+from job.oci.pull import default_platform, layer_compression, pick_platform, verified_blob
 from job.oci.reference import checked_digest, parse_reference
 from job.retry import RetrySettings
 
@@ -114,33 +119,8 @@ class OciSource:
             document = manifest.json()
             if manifest.media_type not in INDEX_TYPES and document.get("mediaType") not in INDEX_TYPES:
                 return document
-            manifest = await self.client.get_manifest(repo, self._pick(document))
+            manifest = await self.client.get_manifest(repo, pick_platform(document, self.platform, self.uri))
         raise SourceError(f"reading {self.uri}: indexes nested too deep", uri=self.uri)
-
-    def _pick(self, index: dict[str, Any]) -> str:
-        os_name, _, rest = self.platform.partition("/")
-        arch, _, variant = rest.partition("/")
-        entries = image_entries(index, nested=True)
-        for entry in entries:
-            p = entry.get("platform") or {}
-            if (
-                p.get("os") == os_name
-                and p.get("architecture") == arch
-                and (not variant or p.get("variant") == variant)
-            ):
-                return checked_digest(entry.get("digest"), f"reading {self.uri}: the index entry for {self.platform}")
-        if len(entries) == 1 and not entries[0].get("platform"):
-            return checked_digest(entries[0].get("digest"), f"reading {self.uri}: the index entry")
-        offered = sorted(
-            {
-                "/".join(filter(None, [(e.get("platform") or {}).get(k) for k in ("os", "architecture", "variant")]))
-                for e in entries
-            }
-        )
-        raise SourceNotFound(
-            f"reading {self.uri}: no manifest for platform {self.platform} (it has {', '.join(offered) or 'none'})",
-            uri=self.uri,
-        )
 
     # --- listing --------------------------------------------------------------------------------
 
@@ -233,31 +213,38 @@ class OciSource:
         return tree
 
     async def _stream_image(self, layers: builtins.list[dict[str, Any]]) -> AsyncGenerator[ObjectInfo, None]:
-        """An image whose last layer is gzip (``COPY models/ /models/``): the layers below are listed first, then
-        the last one is read once, its files listed as its pass reaches them and served from it (``one_pass``);
-        the files of the layers below that it leaves come after, then links. As for a tar.gz at a URL, a file the
-        layer lists twice is listed again, and one it turns into a directory is refused."""
+        """An image whose top layer is gzip (``docker push``, ``skopeo copy --dest-compress``): every layer read once,
+        from the top layer down (:class:`~job.formats.layers.StreamedLayers`), each file listed as its layer's pass
+        reaches it and served from that pass (``one_pass``); then the files the flattened image holds beyond those
+        (links, hard links into a lower layer), served by later passes. As for a tar.gz at a URL, a file a layer
+        lists twice is listed again, and one its layer then turns into a directory is refused."""
         indexes = self._image_layers(layers)
-        last, layer = indexes[-1], self._layers[indexes[-1]]
-        tree = await self._tree(indexes[:-1])
-        await self._check_size(layer)
-        shared = self._passes[last] = SharedPass(lambda: self._layer_stream(layer), self.uri, f"layer {layer.digest}")
+        await asyncio.gather(*(self._check_size(self._layers[i]) for i in indexes))
+        tree: ModelTree[FileLocation] = ModelTree(
+            "models", what=f"reading {self.uri}", whiteouts=True, absolute_links=True, max_files=self.max_files
+        )
+        streamed = StreamedLayers(tree)
         self.one_pass = True
-        tree.begin_layer()
-        streamed = StreamedFiles(tree)
-        tar = PassInput(shared, "the next tar header")
-        async for m in scan_tar(tar, f"reading {self.uri} layer {layer.digest}"):
-            location = FileLocation(last, m.offset, m.size)
-            if (path := streamed.add(m, location)) is not None:
-                self._files[path] = location
-                yield ObjectInfo(path=path, size=m.size, etag=self._etag(location))
-        await shared.read_to_end(tar.position, "the end of the layer")  # its digest is checked there
-        await shared.close()
+        for index in reversed(indexes):
+            layer = self._layers[index]
+            shared = self._passes[index] = SharedPass(
+                functools.partial(self._layer_stream, layer, sniff=True), self.uri, f"layer {layer.digest}"
+            )
+            tar = PassInput(shared, "the next tar header")
+            streamed.begin_layer()
+            async for m in scan_tar(tar, f"reading {self.uri} layer {layer.digest}"):
+                location = FileLocation(index, m.offset, m.size)
+                if (path := streamed.add(m, location)) is not None:
+                    self._files[path] = location
+                    yield ObjectInfo(path=path, size=m.size, etag=self._etag(location))
+            await shared.read_to_end(tar.position, "the end of the layer")  # its digest is checked there
+            await shared.close()
         rest = streamed.rest()
         kept = [*streamed.listed.values(), *(f.payload for f in rest)]
-        if ends := [f.offset + f.size for f in kept if f.layer == last]:  # a later pass (an alias, a retry)
-            shared.set_end(max(ends), read_to_the_end=True)  # reads to the end and checks the digest again
-        for f in sorted(rest, key=lambda f: (f.payload.layer, f.payload.offset, f.path)):  # layers below, then links
+        for index in indexes:  # a later pass (an alias, a retry) reads to the end and checks the digest again
+            if ends := [f.offset + f.size for f in kept if f.layer == index]:
+                self._passes[index].set_end(max(ends), read_to_the_end=True)
+        for f in sorted(rest, key=lambda f: (f.payload.layer, f.payload.offset, f.path)):
             self._files[f.path] = f.payload
             yield ObjectInfo(path=f.path, size=f.payload.size, etag=self._etag(f.payload))
 
@@ -360,17 +347,25 @@ class OciSource:
             yield chunks
 
     @asynccontextmanager
-    async def _layer_stream(self, layer: _Layer) -> AsyncIterator[AsyncIterator[bytes]]:
-        """A tar layer's blob from its start, checked against its digest at its end, inflated if gzip."""
+    async def _layer_stream(self, layer: _Layer, *, sniff: bool = False) -> AsyncIterator[AsyncIterator[bytes]]:
+        """A tar layer's blob from its start, checked against its digest at its end, inflated if gzip (with
+        ``sniff``, also if it starts with gzip's magic)."""
         what = f"reading {self.uri} layer {layer.digest}"
         async with (
             self.client.open_blob(self.ref.repository, layer.digest, what=what) as body,
             aclosing(verified_blob(body, layer.digest, layer.size, what)) as checked,
         ):
-            if layer.compression != "gzip":
-                yield checked
+            whole: AsyncIterator[bytes] = checked
+            gzipped = layer.compression == "gzip"
+            if sniff and not gzipped:  # a layer labelled tar may be gzip (a listing by ranged reads has looked)
+                head = b""
+                while len(head) < 2 and (chunk := await anext(checked, b"")):
+                    head += chunk
+                whole, gzipped = _prepend(head, checked), head.startswith(GZIP_MAGIC)
+            if not gzipped:
+                yield whole
                 return
-            async with aclosing(inflate(checked, what)) as plain:
+            async with aclosing(inflate(whole, what)) as plain:
                 yield plain
 
     async def close(self) -> None:
@@ -378,6 +373,13 @@ class OciSource:
         for shared in self._passes.values():
             await shared.close()
         await self.client.aclose()
+
+
+async def _prepend(head: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    if head:
+        yield head
+    async for chunk in rest:
+        yield chunk
 
 
 async def _empty() -> AsyncIterator[bytes]:

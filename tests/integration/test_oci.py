@@ -361,6 +361,7 @@ async def test_gzip_layers_whiteouts_and_links(registry_plain: Registry, tmp_pat
             file("models/d/z", b"z"),
             (tar_info("models/link.json", tarfile.SYMTYPE, link="a.json"), None),
             (tar_info("models/hard.json", tarfile.LNKTYPE, link="models/d/z"), None),
+            (tar_info("models/hard-lower.bin", tarfile.LNKTYPE, link=long_name), None),  # into the layer below
         ],
         compress=streamed,
     )
@@ -375,6 +376,7 @@ async def test_gzip_layers_whiteouts_and_links(registry_plain: Registry, tmp_pat
         "d/y": b"y",
         "d/z": b"z",
         "hard.json": b"z",
+        "hard-lower.bin": b"L" * 10_000,
         "link.json": b"new a",
         long_name.removeprefix("models/"): b"L" * 10_000,
     }
@@ -415,6 +417,65 @@ async def test_one_gzip_layer_holding_the_whole_model_is_read_once(
     reads = len(log_lines(reg, f"GET /v2/models/dockerfile-style/blobs/{layer_digest}")) - before
     assert reads == 1, reads
     assert "again from its start" not in caplog.text
+
+
+async def test_an_image_of_gzip_layers_is_read_once_from_its_top_layer_down(
+    registry_plain: Registry, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # What `skopeo copy --dest-compress` or `docker push` makes of a modelcar of one layer per file: gzip layers on
+    # a base. Read from the top layer down, each layer's files are listed as its pass reaches them, unless a layer
+    # above hides them (a whiteout, a file replaced, an opaque directory), and every blob is fetched once: not once
+    # to list and again to copy. A plain layer between them is streamed the same way.
+    reg = registry_plain
+    rng = random.Random(12)
+    weights = [rng.randbytes(200_000) for _ in range(3)]
+    layers = [
+        tar_layer([(tar_info("models/", tarfile.DIRTYPE, mode=0o755), None), file("models/w1.bin", weights[0]),
+                   file("models/old.bin", b"whited out above"), file("models/cfg.json", b"replaced above"),
+                   file("models/d/x", b"under an opaque directory above")], compress=True),
+        tar_layer([file("models/w2.bin", weights[1]), (tar_info("models/d/.wh..wh..opq"), b""),
+                   file("models/d/y", b"y")], compress=False),
+        tar_layer([file("models/w3.bin", weights[2]), (tar_info("models/.wh.old.bin"), b"")], compress=True),
+        tar_layer([file("models/cfg.json", b'{"new": true}')], compress=True),
+    ]  # fmt: skip
+    reference = f"{reg.host}/models/gzip-layers:v1"
+    push_layers(reg, tmp_path / "layout", reference, *layers)
+    model = {
+        "cfg.json": b'{"new": true}',
+        "w3.bin": weights[2],
+        "w2.bin": weights[1],
+        "d/y": b"y",
+        "w1.bin": weights[0],
+    }
+
+    source = OciSource(reg.location(reference))
+    assert [str(o.path) async for o in source.list()] == list(model)  # top layer first, tar order within each
+    assert source.one_pass
+    await source.close()
+    digests = ["sha256:" + hashlib.sha256(blob).hexdigest() for blob, _, _ in layers]
+    before = [len(log_lines(reg, f"GET /v2/models/gzip-layers/blobs/{d}")) for d in digests]
+    memory = MemoryDestination()
+    with caplog.at_level(logging.WARNING):
+        await transfer(OciSource(reg.location(reference)), memory, TransferSettings(parallel_files=4))
+    assert memory.stored == model
+    reads = [
+        len(log_lines(reg, f"GET /v2/models/gzip-layers/blobs/{d}")) - b for d, b in zip(digests, before, strict=False)
+    ]
+    assert reads == [1, 1, 1, 1]
+    assert "again from its start" not in caplog.text
+
+
+@pytest.mark.parametrize("top", [TAR, TAR_GZ])
+async def test_a_layer_labelled_tar_that_is_gzip_is_inflated(
+    registry_plain: Registry, tmp_path: Path, top: str
+) -> None:
+    # Listed by ranged reads below a plain top layer, read top-down below a gzip one: both look at its first bytes.
+    _, lower_tar, _ = tar_layer([file("models/lower.bin", b"L" * 5000)], compress=False)
+    mislabelled = (gzip.compress(lower_tar, mtime=0), lower_tar, TAR)
+    upper = tar_layer([file("models/upper.json", b"{}")], compress=top == TAR_GZ)
+    reference = f"{registry_plain.host}/models/mislabelled:{'gz' if top == TAR_GZ else 'v1'}"
+    push_layers(registry_plain, tmp_path / "layout", reference, mislabelled, upper)
+    assert await read_all(registry_plain.location(reference)) == {"lower.bin": b"L" * 5000, "upper.json": b"{}"}
 
 
 async def test_a_top_layer_read_once_that_turns_a_listed_file_into_a_directory_is_refused(

@@ -18,6 +18,7 @@ import pytest
 
 from job.errors import SourceError
 from job.formats.gzip import PIECE, inflate
+from job.formats.layers import StreamedLayers
 from job.formats.tar import RangedInput, StreamInput, TarEntry, scan_tar
 from job.formats.tree import ModelTree
 from job.model import safe_relative_path
@@ -197,11 +198,35 @@ def archive(*entries: tuple[str, str, str] | tuple[str, str]) -> dict[str, int]:
 
 
 def image(*layers: Sequence[tuple[str, str, str] | tuple[str, str]]) -> dict[str, int]:
-    """An image's tree over ``models``: one list of entries per layer; payload ``1000 * layer + index``."""
+    """An image's tree over ``models``: one list of entries per layer; payload ``1000 * layer + index``.
+
+    Flattened twice, both ways the OCI source reads an image: applied bottom-up, and read top-down as a stream
+    (:class:`StreamedLayers`, gzip layers read once); they must give the same files or the same refusal."""
     tree: ModelTree[int] = ModelTree("models", what="reading image", whiteouts=True, absolute_links=True)
-    for n, entries in enumerate(layers):
-        tree.apply((Entry(*e), 1000 * n + i) for i, e in enumerate(entries))
-    return {str(f.path): f.payload for f in tree.files()}
+    try:
+        for n, entries in enumerate(layers):
+            tree.apply((Entry(*e), 1000 * n + i) for i, e in enumerate(entries))
+        files = {str(f.path): f.payload for f in tree.files()}
+    except SourceError as refused:
+        with pytest.raises(SourceError) as top_down:
+            streamed_image(*layers)
+        assert str(top_down.value) == str(refused)
+        raise
+    assert streamed_image(*layers) == files
+    return files
+
+
+def streamed_image(*layers: Sequence[tuple[str, str, str] | tuple[str, str]]) -> dict[str, int]:
+    """:func:`image` read top-down: the files listed as their layer is read, then the rest."""
+    streamed: StreamedLayers[int] = StreamedLayers(
+        ModelTree("models", what="reading image", whiteouts=True, absolute_links=True)
+    )
+    for n, entries in reversed(list(enumerate(layers))):
+        streamed.begin_layer()
+        for i, e in enumerate(entries):
+            streamed.add(Entry(*e), 1000 * n + i)
+    rest = streamed.rest()
+    return {str(path): payload for path, payload in streamed.listed.items()} | {str(f.path): f.payload for f in rest}
 
 
 def both(*entries: tuple[str, str, str] | tuple[str, str]) -> list[dict[str, int]]:
@@ -305,18 +330,29 @@ def test_later_layers_win_whiteouts_and_opaque_directories() -> None:
     assert files == {"b": 2000, "d/z": 1003}  # a whited out, d's lower files hidden, etc/ ignored
 
 
-def test_a_layer_added_entry_by_entry_whites_out_only_the_layers_below() -> None:
-    # A top layer read as a stream (one pass): its whiteouts come in tar order, after or before its own files,
-    # and hide only what the layers below hold, as apply() does for a whole layer.
-    tree: ModelTree[int] = ModelTree("models", what="reading image", whiteouts=True, absolute_links=True)
-    tree.apply([(Entry("models/a", "file"), 1), (Entry("models/d/x", "file"), 2), (Entry("models/gone", "file"), 3)])
-    tree.begin_layer()
-    assert tree.add(Entry("models/d/y", "file"), 4) == PurePosixPath("d/y")  # a file of its own: its path
-    assert tree.add(Entry("models/d/.wh..wh..opq", "file"), 0) is None
-    assert tree.add(Entry("models/.wh.gone", "file"), 0) is None
-    assert tree.add(Entry("models/a2", "hardlink", "models/a"), 5) is None  # a link: listed at the end
-    assert tree.add(Entry("etc/passwd", "file"), 6) is None  # outside the root
-    assert {str(f.path): f.payload for f in tree.files()} == {"a": 1, "a2": 1, "d/y": 4}
+def test_a_layer_read_as_a_stream_whites_out_only_the_layers_below() -> None:
+    # Read top-down, a layer's whiteouts come in tar order, after or before its own files, and hide only what the
+    # layers below hold, as apply() does for a whole layer; its files are listed as they come, links at the end.
+    streamed: StreamedLayers[int] = StreamedLayers(
+        ModelTree("models", what="reading image", whiteouts=True, absolute_links=True)
+    )
+    streamed.begin_layer()
+    assert streamed.add(Entry("models/d/y", "file"), 4) == PurePosixPath("d/y")  # a file of its own: its path
+    assert streamed.add(Entry("models/d/.wh..wh..opq", "file"), 0) is None
+    assert streamed.add(Entry("models/.wh.gone", "file"), 0) is None
+    assert streamed.add(Entry("models/a2", "hardlink", "models/a"), 5) is None  # a link: listed at the end
+    assert streamed.add(Entry("etc/passwd", "file"), 6) is None  # outside the root
+    streamed.begin_layer()
+    assert streamed.add(Entry("models/a", "file"), 1) == PurePosixPath("a")
+    assert streamed.add(Entry("models/d/x", "file"), 2) is None  # under the opaque directory
+    assert streamed.add(Entry("models/gone", "file"), 3) is None  # whited out
+    assert {str(f.path): f.payload for f in streamed.rest()} == {"a2": 1}
+    assert {str(p): v for p, v in streamed.listed.items()} == {"d/y": 4, "a": 1}
+
+
+def test_a_directory_entry_merges_with_one_a_lower_layer_only_implied() -> None:
+    # A layer written without an entry for models/ itself, under one that has it: the directories merge.
+    assert image([("models/a", "file")], [("models/", "dir"), ("models/b", "file")]) == {"a": 0, "b": 1001}
 
 
 def test_a_directory_entry_merges_with_one_a_lower_layer_only_implied() -> None:
