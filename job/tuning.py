@@ -39,6 +39,12 @@ quietly costing CPU again.
   transfer was freshly mapped and zeroed by the kernel: 400,000 minor faults and 1-2 s of system CPU per
   GiB of tar.gz read. ``mallopt`` keeps blocks up to :data:`MMAP_THRESHOLD` on the heap and up to
   :data:`TRIM_THRESHOLD` of free heap mapped. A C library without ``mallopt`` (musl) is left as it is.
+* **No full collection while bytes move.** In a process that runs one job (the console script,
+  :func:`one_job`), what is alive when the transfer starts (settings, clients, botocore's S3 model) lives
+  to the end; :func:`settled`, called by the engine then, freezes it, so the cyclic collector no longer
+  walks it: the full collection that came during every transfer (0.09-0.13 CPU-s in the lab) does not
+  come, and the one the interpreter makes at exit finds little. Young objects are collected as before.
+  Elsewhere (tests, a library caller) :func:`settled` does nothing.
 """
 
 from __future__ import annotations
@@ -46,6 +52,7 @@ from __future__ import annotations
 import asyncio.selector_events
 import contextlib
 import ctypes
+import gc
 import importlib.util
 import ssl
 import sys
@@ -61,6 +68,8 @@ __all__ = [
     "TRIM_THRESHOLD",
     "PassThroughBuffer",
     "apply",
+    "one_job",
+    "settled",
     "unused_tls_defaults",
 ]
 
@@ -73,6 +82,7 @@ MMAP_THRESHOLD = 4 * READ_SIZE
 TRIM_THRESHOLD = 32 * READ_SIZE
 """Free heap kept mapped, so that the next chunk reuses it instead of faulting new pages in."""
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's <malloc.h>
+_one_job = False
 
 
 def apply() -> None:
@@ -87,6 +97,18 @@ def apply() -> None:
 
     httpcore.AsyncHTTP11Connection.READ_NUM_BYTES = READ_SIZE
     _tune_malloc()
+
+
+def one_job() -> None:
+    """This process runs one job, then exits (``job.launch``): :func:`settled` freezes what is alive then."""
+    global _one_job
+    _one_job = True
+
+
+def settled() -> None:
+    """The transfer starts: in a one-job process, move what is alive out of the collector's reach (``gc.freeze``)."""
+    if _one_job:
+        gc.freeze()
 
 
 class PassThroughBuffer(ReceiveBuffer):

@@ -54,6 +54,7 @@ from job.errors import ConfigError, IntegrityError
 from job.model import Committed, ObjectInfo, Uploaded, sha256_digest
 from job.retry import RetrySettings
 from job.sources.base import Source
+from job.tuning import settled
 
 __all__ = [
     "TransferResult",
@@ -178,6 +179,7 @@ async def transfer(
     both ends are closed. ``progress`` defaults to a :class:`ProgressReporter` logging every
     ``settings.progress_interval`` seconds.
     """
+    settled()  # what is alive now lives to the end of a one-job process
     reporter = progress if progress is not None else ProgressReporter(interval=settings.progress_interval)
     started = time.monotonic()
     interrupted = False

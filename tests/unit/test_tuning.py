@@ -225,6 +225,25 @@ def test_the_console_script_loads_with_the_collector_paused_and_runs_with_it_on(
     assert _printed(code) == ["True", "True"]
 
 
+def test_what_is_alive_when_a_transfer_starts_is_frozen_in_the_console_script_only() -> None:
+    # The engine calls settled() as a transfer starts: a no-op in a library caller (or pytest), a freeze in the
+    # one-job process the console script runs; at the script's end, everything is frozen before the exit.
+    code = (
+        "import atexit, gc, sys, job.__main__ as m\n"
+        "from job.tuning import settled\n"
+        "alive = []\n"
+        "before = gc.get_freeze_count(); alive.append([]); settled(); print(gc.get_freeze_count() == before)\n"
+        "def run():\n"
+        "    before = gc.get_freeze_count(); alive.append([]); settled(); print(gc.get_freeze_count() > before)\n"
+        "    alive.append([]); sys.exit(0)\n"
+        "m.main = run\n"
+        "atexit.register(lambda: print(not any(o is alive[-1] for o in gc.get_objects())))  # frozen: not listed\n"
+        "from job.launch import main\n"
+        "main()\n"
+    )
+    assert _printed(code) == ["True", "True", "True"]
+
+
 def test_aiohttps_unused_default_tls_contexts_load_no_cas_and_everything_else_still_does() -> None:
     code = (
         "import ssl, job.s3.client, aiohttp.connector as c\n"
