@@ -355,11 +355,6 @@ def test_a_directory_entry_merges_with_one_a_lower_layer_only_implied() -> None:
     assert image([("models/a", "file")], [("models/", "dir"), ("models/b", "file")]) == {"a": 0, "b": 1001}
 
 
-def test_a_directory_entry_merges_with_one_a_lower_layer_only_implied() -> None:
-    # A layer written without an entry for models/ itself, under one that has it: the directories merge.
-    assert image([("models/a", "file")], [("models/", "dir"), ("models/b", "file")]) == {"a": 0, "b": 1001}
-
-
 def test_a_whiteout_of_models_itself_hides_the_base_and_devices_outside_models_are_ignored() -> None:
     assert image([("models/base-file", "file"), ("dev/console", "character device")],
                  [(".wh.models", "file"), ("models/m", "file")]) == {"m": 1001}  # fmt: skip
