@@ -355,17 +355,12 @@ class OciSource:
             self.client.open_blob(self.ref.repository, layer.digest, what=what) as body,
             aclosing(verified_blob(body, layer.digest, layer.size, what)) as checked,
         ):
-            whole: AsyncIterator[bytes] = checked
-            gzipped = layer.compression == "gzip"
-            if sniff and not gzipped:  # a layer labelled tar may be gzip (a listing by ranged reads has looked)
-                head = b""
-                while len(head) < 2 and (chunk := await anext(checked, b"")):
-                    head += chunk
-                whole, gzipped = _prepend(head, checked), head.startswith(GZIP_MAGIC)
-            if not gzipped:
-                yield whole
+            labelled_tar = layer.compression != "gzip"
+            if labelled_tar and not sniff:
+                yield checked
                 return
-            async with aclosing(inflate(whole, what)) as plain:
+            # sniff: a layer labelled tar may be gzip (a listing by ranged reads has looked already)
+            async with aclosing(inflate(checked, what, plain_passes=labelled_tar)) as plain:
                 yield plain
 
     async def close(self) -> None:
@@ -373,13 +368,6 @@ class OciSource:
         for shared in self._passes.values():
             await shared.close()
         await self.client.aclose()
-
-
-async def _prepend(head: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    if head:
-        yield head
-    async for chunk in rest:
-        yield chunk
 
 
 async def _empty() -> AsyncIterator[bytes]:
