@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
 
-from tests.servers import free_port, stop_process, wait_for_port
+from tests.servers import free_port, listening
 
 __all__ = ["capped_link"]
 
@@ -29,13 +28,8 @@ def capped_link(target: str, mb_per_s: float) -> Iterator[str]:
     """Run the proxy in front of ``target`` (``host:port``); yield its own ``host:port``; stop it at the end."""
     port = free_port()
     argv = [sys.executable, "-m", "tests.bench.capped", str(port), target, str(mb_per_s)]
-    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        if not wait_for_port(port, timeout=10):
-            raise RuntimeError(f"the capped-link proxy did not listen on 127.0.0.1:{port}")
+    with listening(argv, port, "the capped-link proxy"):
         yield f"127.0.0.1:{port}"
-    finally:
-        stop_process(proc)
 
 
 async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, rate: float | None) -> None:

@@ -18,7 +18,6 @@ import io
 import json
 import os
 import shutil
-import subprocess
 import sys
 import time
 import urllib.request
@@ -29,7 +28,7 @@ from typing import Any
 from tests.bench.measure import run_step
 from tests.bench.model import MiB, Model
 from tests.bench.peers import VENV_BIN, S3Endpoint, Step
-from tests.servers import free_port, wait_for_port
+from tests.servers import free_port, listening
 from tests.servers.registry import Registry, build_base_layout, distribution
 from tests.servers.registry import _with_base as push_base
 from tests.servers.s3 import S3Server, seaweedfs
@@ -64,18 +63,8 @@ def http_server(folder: Path) -> Iterator[str]:
         argv = [busybox, "httpd", "-f", "-p", f"127.0.0.1:{port}", "-h", str(folder)]
     else:
         argv = [sys.executable, "-m", "http.server", "--bind", "127.0.0.1", "--directory", str(folder), str(port)]
-    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        if not wait_for_port(port, timeout=10):
-            raise RuntimeError(f"{argv[0]} did not listen on 127.0.0.1:{port}")
+    with listening(argv, port, argv[0]):
         yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
 
 
 def endpoint(server: S3Server) -> S3Endpoint:

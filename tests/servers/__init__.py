@@ -9,10 +9,12 @@ and the benchmark use these helpers as plain code (for them ``ServerUnavailable`
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
 from typing import NoReturn
 
 
@@ -63,3 +65,16 @@ def stop_process(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait(timeout=timeout)
+
+
+@contextlib.contextmanager
+def listening(argv: list[str], port: int, what: str, *, timeout: float = 10.0) -> Iterator[None]:
+    """Run ``argv`` (quiet, no stdin) until the block ends; enter once it listens on 127.0.0.1:``port``, else
+    ``RuntimeError`` naming ``what``. The process is stopped (:func:`stop_process`) either way."""
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        if not wait_for_port(port, timeout=timeout):
+            raise RuntimeError(f"{what} did not listen on 127.0.0.1:{port}")
+        yield
+    finally:
+        stop_process(proc)
