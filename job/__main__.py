@@ -25,7 +25,8 @@ from job.config import JobConfig, OciLocation, S3Location, UriLocation, build_jo
 from job.errors import ModelSyncError
 from job.http.proxy import normalise_no_proxy
 from job.logs import RedactSecrets, configure_logging
-from job.settings.chain import Settings, load_settings, unknown_env_settings
+from job.settings.chain import Settings, load_settings
+from job.settings.names import unknown_env_settings
 
 if TYPE_CHECKING:
     from job.intents import IntentResult
@@ -195,7 +196,7 @@ def run(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> int:
         termination_path = settings.termination_message_path
         redactor = configure_logging(settings.log_level, settings.log_format, _secrets_of(settings, None))
         logging.getLogger("job.model_registry").setLevel(settings.registry_log_level)
-        for unknown in unknown_env_settings(env):
+        for unknown in unknown_env_settings(env, Settings.model_fields):
             log.warning("ignoring env var %s: it is not a model-sync setting", unknown)
         if serving:
             result: IntentResult | Served = _serve(settings, *serving, env, termination_path, redactor)

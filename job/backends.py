@@ -44,10 +44,15 @@ def _uri_source(location: UriLocation, config: JobConfig) -> Source:
 
 
 def _oci_source(location: OciLocation, config: JobConfig) -> Source:
+    from job.readahead import ReadAhead
     from job.sources.oci import OciSource
 
     return OciSource(
-        location, max_connections=2 * config.parallel_files + 4, retry=config.retry, max_files=config.max_files
+        location,
+        max_connections=2 * config.parallel_files * config.parallel_reads + 4,
+        retry=config.retry,
+        max_files=config.max_files,
+        read_ahead=ReadAhead(config.parallel_reads, config.read_ahead),
     )
 
 

@@ -122,6 +122,10 @@ class JobConfig:
     """Globs that drop a file, after ``include``."""
     retry: RetrySettings = field(default_factory=RetrySettings)
     """Retry budget and network timeouts, for every client."""
+    parallel_reads: int = 4
+    """Reads in flight per long blob read from an OCI registry (``job.readahead``); 1: one ``GET`` each."""
+    read_ahead: int = 32 * 1024 * 1024
+    """Bytes those reads hold ahead of the streams, all files together."""
     stop_timeout: float = 8.0
     """Seconds from SIGTERM to exit."""
     signing: SigningConfig | None = None
@@ -308,6 +312,8 @@ def build_job_config(settings: Settings, environ: Mapping[str, str] | None = Non
         include=_globs(settings.source_include),
         exclude=_globs(settings.source_exclude),
         retry=retry_settings(settings),
+        parallel_reads=settings.parallel_reads,
+        read_ahead=settings.read_ahead_mib * 1024 * 1024,
         stop_timeout=settings.stop_timeout,
         signing=signing_config(settings),
     )

@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +36,7 @@ from job.model import sha256_digest
 from job.oci.protocol import MANIFEST_ACCEPT, Scopes, Side
 from job.oci.reference import ImageReference
 from job.oci.upload import OciUploads
+from job.readahead import ReadAhead, read_in_order
 from job.retry import RetrySettings
 
 __all__ = ["Manifest", "OciClient"]
@@ -71,6 +72,9 @@ class OciClient(OciUploads):
     raised). Close with :meth:`aclose`.
     """
 
+    read_ahead: ReadAhead | None = None
+    """How far long blob reads read ahead of themselves (:mod:`job.readahead`); None: one ``GET`` each."""
+
     @classmethod
     def for_image(
         cls,
@@ -102,13 +106,46 @@ class OciClient(OciUploads):
 
     @asynccontextmanager
     async def open_blob(
-        self, repository: str, digest: str, *, start: int = 0, end: int | None = None, what: str = ""
+        self,
+        repository: str,
+        digest: str,
+        *,
+        start: int = 0,
+        end: int | None = None,
+        size: int | None = None,
+        what: str = "",
     ) -> AsyncIterator[AsyncIterator[bytes]]:
         """Stream blob bytes ``[start, end)`` (``end=None``: to its end) as they arrive, via ``Range``.
 
-        A registry that ignores ``Range`` (200) is handled by skipping and cutting here.
+        A registry that ignores ``Range`` (200) is handled by skipping and cutting here. With the blob's
+        ``size`` known and :attr:`read_ahead` set, a long read also reads segments ahead of itself
+        (:mod:`job.readahead`) once the registry has answered its first ``Range`` with 206.
         """
         what = what or f"reading blob {digest} from {self.registry}/{repository}"
+        stop = end if end is not None else size
+        ahead = (
+            self.read_ahead if stop is not None and self.read_ahead and self.read_ahead.worth_it(stop - start) else None
+        )
+        async with self._blob_range(repository, digest, start, stop if ahead else end, what) as (body, response):
+            if ahead is None or response.status_code != 206 or stop is None:
+                yield body
+                return
+
+            @asynccontextmanager
+            async def open_range(first: int, last: int) -> AsyncIterator[AsyncIterator[bytes]]:
+                async with self._blob_range(repository, digest, first, last, what) as (chunks, _):
+                    yield chunks
+
+            async with aclosing(
+                read_in_order(open_range, start, stop, ahead, what, head=body, close_head=response.aclose)
+            ) as ordered:
+                yield ordered
+
+    @asynccontextmanager
+    async def _blob_range(
+        self, repository: str, digest: str, start: int, end: int | None, what: str
+    ) -> AsyncIterator[tuple[AsyncIterator[bytes], httpx.Response]]:
+        """One GET of bytes ``[start, end)`` (cut here if the registry ignored ``Range``), and its response."""
         headers: dict[str, str] = {}
         if start or end is not None:
             headers["Range"] = f"bytes={start}-" + ("" if end is None else str(end - 1))
@@ -123,10 +160,10 @@ class OciClient(OciUploads):
         )
         try:
             body = response.aiter_raw() if "content-encoding" not in response.headers else response.aiter_bytes()
-            if response.status_code == 200 and headers:
+            if headers and response.status_code != 206:
                 log.debug("%s: the registry ignored Range; skipping %d bytes", what, start)
                 body = _window(body, start, end)
-            yield body
+            yield body, response
         finally:
             await response.aclose()
 

@@ -16,7 +16,7 @@ whose one-line message names the env var and the arg, and neither touches the ne
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -40,11 +40,10 @@ from job.settings.names import (
     DestinationType,
     Intent,
     SourceType,
-    env_name,
     setting_name,
 )
 
-__all__ = ["Settings", "load_settings", "unknown_env_settings"]
+__all__ = ["Settings", "load_settings"]
 
 
 class Settings(BaseSettings):
@@ -222,6 +221,20 @@ class Settings(BaseSettings):
         description="MiB of multipart parts held in memory at once, all files together: the S3 destination's "
         "memory ceiling (a part larger than this is sent alone).",
     )
+    parallel_reads: int = Field(
+        4,
+        ge=1,
+        le=16,
+        description="Ranged reads in flight per layer or blob of an OCI source once one connection proves slow "
+        "(under 64 MB/s), 8 MiB each (1: one GET each): for registries and CDNs that cap each connection.",
+    )
+    read_ahead_mib: int = Field(
+        32,
+        ge=0,
+        le=65536,
+        description="MiB those reads hold ahead of the streams, all files together: the OCI source's memory "
+        "ceiling (none left: a stream reads on alone).",
+    )
 
     # --- retries and timeouts (job.retry.RetrySettings): smallest unit first, a request, a part, a file ---
     retry_attempts: int = Field(
@@ -374,19 +387,6 @@ def load_settings(argv: Sequence[str]) -> Settings:
         return Settings(**given)
     except ValidationError as exc:
         raise _config_error(exc) from None
-
-
-def unknown_env_settings(environ: Mapping[str, str]) -> list[str]:
-    """``MODEL_SYNC_*`` env vars that name no setting (typos), each with a suggestion when one is close."""
-    import difflib
-
-    known = {env_name(f) for f in Settings.model_fields}
-    notes = []
-    for name in sorted(environ):
-        if name.startswith(ENV_PREFIX) and name not in known:
-            close = difflib.get_close_matches(name, known, n=1)
-            notes.append(f"{name} (did you mean {close[0]}?)" if close else name)
-    return notes
 
 
 def _config_error(exc: ValidationError) -> ConfigError:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from enum import StrEnum
 from pathlib import Path
 from typing import Literal
@@ -36,6 +37,19 @@ def arg_name(field: str) -> str:
 def setting_name(field: str) -> str:
     """How a message names a setting: ``MODEL_SYNC_SOURCE_AWS_BUCKET (--source-aws-bucket)``."""
     return f"{env_name(field)} ({arg_name(field)})"
+
+
+def unknown_env_settings(environ: Mapping[str, str], fields: Iterable[str]) -> list[str]:
+    """``MODEL_SYNC_*`` env vars that name none of ``fields`` (typos), each with a suggestion when one is close."""
+    import difflib
+
+    known = {env_name(f) for f in fields}
+    notes = []
+    for name in sorted(environ):
+        if name.startswith(ENV_PREFIX) and name not in known:
+            close = difflib.get_close_matches(name, known, n=1)
+            notes.append(f"{name} (did you mean {close[0]}?)" if close else name)
+    return notes
 
 
 SourceType = Literal["s3", "uri", "oci", "pvc"]

@@ -55,6 +55,7 @@ from job.oci.client import OciClient
 from job.oci.protocol import ANNOTATION_TITLE, DOCKER_CONFIG, INDEX_TYPES, OCI_CONFIG, OCI_LAYER_TAR_GZIP
 from job.oci.pull import default_platform, layer_compression, pick_platform, verified_blob
 from job.oci.reference import checked_digest, parse_reference
+from job.readahead import ReadAhead
 from job.retry import RetrySettings
 
 log = logging.getLogger(__name__)
@@ -96,6 +97,7 @@ class OciSource:
         max_connections: int = 16,
         retry: RetrySettings | None = None,
         max_files: int = MAX_FILES,
+        read_ahead: ReadAhead | None = None,
     ) -> None:
         self.location = location
         self.max_files = max_files
@@ -105,6 +107,7 @@ class OciSource:
         self.client = OciClient.for_image(
             location, self.ref, side="source", max_connections=max_connections, retry=retry
         )
+        self.client.read_ahead = read_ahead
         self._layers: builtins.list[_Layer] = []
         self._files: dict[PurePosixPath, FileLocation] = {}
         self._passes: dict[int, SharedPass] = {}
@@ -332,7 +335,9 @@ class OciSource:
             if start == end:
                 yield _empty()
                 return
-            async with self.client.open_blob(repo, layer.digest, start=start, end=end, what=what) as body:
+            async with self.client.open_blob(
+                repo, layer.digest, start=start, end=end, size=layer.size, what=what
+            ) as body:
                 yield body
             return
         # A tar layer, plain or gzip: its files are served by one pass over the whole blob, which checks every
@@ -352,7 +357,7 @@ class OciSource:
         ``sniff``, also if it starts with gzip's magic)."""
         what = f"reading {self.uri} layer {layer.digest}"
         async with (
-            self.client.open_blob(self.ref.repository, layer.digest, what=what) as body,
+            self.client.open_blob(self.ref.repository, layer.digest, size=layer.size, what=what) as body,
             aclosing(verified_blob(body, layer.digest, layer.size, what)) as checked,
         ):
             labelled_tar = layer.compression != "gzip"

@@ -83,10 +83,10 @@ async def push(location: OciLocation, model: Path, tmp: Path, **settings: Any) -
     return await transfer(PvcSource(model), destination, TransferSettings(parallel_files=2, **settings))
 
 
-async def read_all(location: OciLocation) -> dict[str, bytes]:
-    """Every file an OciSource lists, read through the engine."""
+async def read_all(location: OciLocation, **options: Any) -> dict[str, bytes]:
+    """Every file an OciSource (made with ``options``) lists, read through the engine."""
     memory = MemoryDestination()
-    await transfer(OciSource(location), memory, TransferSettings(parallel_files=2))
+    await transfer(OciSource(location, **options), memory, TransferSettings(parallel_files=2))
     return memory.stored
 
 

@@ -21,6 +21,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "job.tuning",
             "job.retry",
             "job.streams",
+            "job.readahead",
             "job.cleanup",
             "job.mounts",
             "job.deflate",

@@ -435,9 +435,11 @@ def test_dockerconfig_anonymous_entry_means_no_login(tmp_path: Path) -> None:
 
 
 def test_unknown_env_settings_are_reported_with_a_suggestion() -> None:
-    from job.settings.chain import unknown_env_settings
+    from job.settings.names import unknown_env_settings
 
-    notes = unknown_env_settings({"MODEL_SYNC_SOURCE_AWS_BUKET": "x", "MODEL_SYNC_SOURCE_TYPE": "s3", "HOME": "/"})
+    notes = unknown_env_settings(
+        {"MODEL_SYNC_SOURCE_AWS_BUKET": "x", "MODEL_SYNC_SOURCE_TYPE": "s3", "HOME": "/"}, Settings.model_fields
+    )
     assert notes == ["MODEL_SYNC_SOURCE_AWS_BUKET (did you mean MODEL_SYNC_SOURCE_AWS_BUCKET?)"]
 
 
@@ -492,3 +494,22 @@ def test_a_headers_value_with_a_control_character_or_not_ascii_is_refused(tmp_pa
         ) as err:
             job(argv)
         assert "secret" not in str(err.value).split("line 1")[1]
+
+
+def test_an_oci_source_reads_ahead_as_parallel_reads_and_read_ahead_mib_say() -> None:
+    from job.backends import make_source
+    from job.sources.oci import OciSource
+
+    argv = [
+        "--registry-server-address", "http://127.0.0.1:9",
+        "--source-type", "oci", "--source-oci-uri", "oci://127.0.0.1:5000/models/any:v1",
+        "--destination-type", "oci", "--destination-oci-uri", "oci://127.0.0.1:5000/models/out:v1",
+        "--destination-oci-base-image", "127.0.0.1:5000/base/busybox:latest",
+        "--parallel-reads", "6", "--read-ahead-mib", "48",
+    ]  # fmt: skip
+    source = make_source(build_job_config(load_settings(argv), {}))
+    assert isinstance(source, OciSource)
+    ahead = source.client.read_ahead
+    assert ahead is not None and (ahead.parallel, ahead.budget) == (6, 48 * 1024 * 1024)
+    defaults = build_job_config(load_settings(argv[:-4]), {})
+    assert (defaults.parallel_reads, defaults.read_ahead) == (4, 32 * 1024 * 1024)

@@ -15,6 +15,7 @@ from pydantic import SecretStr
 from job.errors import DestinationAuthError, DestinationError, SourceAuthError, SourceNotFound, UploadRejected
 from job.oci.client import OciClient
 from job.oci.protocol import parse_challenge
+from job.readahead import ReadAhead
 
 REG = "127.0.0.1:5000"
 BASE = f"https://{REG}"
@@ -431,3 +432,21 @@ async def test_a_token_is_refreshed_before_it_expires(mock: respx.MockRouter, mo
     await c.blob_exists("m", sha(b""))
     await c.aclose()
     assert [r.request.headers["Authorization"] for r in route.calls] == ["Bearer t1", "Bearer t1", "Bearer t2"]
+
+
+@pytest.mark.parametrize("status", [206, 200])
+async def test_a_long_read_asks_for_its_range_and_reads_ahead_only_when_slow(
+    mock: respx.MockRouter, status: int
+) -> None:
+    ping(mock)
+    data = bytes(range(256)) * 64
+    digest = sha(data)
+    route = mock.get(f"{BASE}/v2/m/blobs/{digest}").respond(status, content=data)
+    c = client(side="source")
+    c.read_ahead = ReadAhead(4, 4096, segment=1024)
+    async with c.open_blob("m", digest, size=len(data)) as body:
+        assert b"".join([chunk async for chunk in body]) == data
+    await c.aclose()
+    # one GET, with the Range that tells whether reads ahead may follow (the registry here is fast; a 200
+    # means they never could: each would carry the whole blob)
+    assert [call.request.headers["Range"] for call in route.calls] == [f"bytes=0-{len(data) - 1}"]
