@@ -33,6 +33,7 @@ def _s3_source(location: S3Location, config: JobConfig) -> Source:
 
 def _uri_source(location: UriLocation, config: JobConfig) -> Source:
     from job.http.settings import HttpSettings
+    from job.readahead import ReadAhead
     from job.sources.uri import UriSource
 
     return UriSource(
@@ -40,6 +41,7 @@ def _uri_source(location: UriLocation, config: JobConfig) -> Source:
         storage_path=config.storage_path,
         settings=HttpSettings.from_retry(config.retry),
         max_files=config.max_files,
+        read_ahead=ReadAhead(config.parallel_reads, config.read_ahead),
     )
 
 

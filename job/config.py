@@ -123,7 +123,7 @@ class JobConfig:
     retry: RetrySettings = field(default_factory=RetrySettings)
     """Retry budget and network timeouts, for every client."""
     parallel_reads: int = 4
-    """Reads in flight per long blob read from an OCI registry (``job.readahead``); 1: one ``GET`` each."""
+    """Reads in flight per long read of an oci or http(s) source on a slow link (``job.readahead``); 1: one each."""
     read_ahead: int = 32 * 1024 * 1024
     """Bytes those reads hold ahead of the streams, all files together."""
     stop_timeout: float = 8.0

@@ -1,25 +1,28 @@
 """One long read as several ranged reads at once, handed on in order: for links that cap each connection.
 
-A registry's blobs are often served through a CDN, a proxy or object storage that gives each connection a
-fraction of what the network carries (tens of MB/s where the link holds hundreds). One ``GET`` of a 10 GB
-layer then takes as long as that one connection does; reading the layers of an image one after the other
-(``job.sources.oci``, gzip layers) makes it worse. containerd 2.1 fetches a layer's ranges in parallel for
-the same reason ("multipart layer fetch"); s5cmd and the AWS CLI do it for S3 objects.
+A registry's blobs, the Hub's files and many http(s) downloads are served through a CDN, a proxy or object
+storage that gives each connection a fraction of what the network carries (tens of MB/s where the link holds
+hundreds). One ``GET`` of a 10 GB file then takes as long as that one connection does; reading the layers of
+an image one after the other (``job.sources.oci``, gzip layers) makes it worse. containerd 2.1 fetches a
+layer's ranges in parallel for the same reason ("multipart layer fetch"), as ``hf_transfer`` does for the Hub.
+Used by the OCI client's blob reads (``job.oci.client``) and by http downloads that can resume
+(``job.http.download``: ranges of the same version, pinned by its validators).
 
 :func:`read_in_order` keeps the plain read, the *head*, and adds reads *ahead* of it where they help:
 
 * The head is one ranged read from where the caller is to the end, streamed as it arrives: exactly what a
   single ``GET`` would be, and all there is on a fast link.
-* Reads ahead start once the head has shown, over two segments' worth of bytes, that it is slow: under
+* Reads ahead start once the head has shown, over two segments' worth of bytes, that it is slow (or another
+  stream of the same source has: the next layer or file then reads ahead from its start): under
   :data:`SLOW` bytes a second *while* the stream waited on it for more than half of that time. A consumer
   slower than the link (a CPU-bound pipeline) finds the bytes there when it asks, so it never waits; a link
   faster than :data:`SLOW` (a registry in the cluster, 127.0.0.1) is helped by more CPU, not more
   connections. Neither pays a request or a byte of memory for reading ahead.
-* Then up to ``parallel - 1`` reads of :data:`SEGMENT` bytes each run after the head's position, each
-  holding its bytes in memory until the stream reaches them. When the head reaches the first of them its
-  connection is closed and the stream goes on with the segments, in order, each handed on as its bytes
-  arrive; every segment handed on makes room for the next one. Where no segment was read ahead (no room),
-  a new head reads on from there.
+* Then reads of :data:`SEGMENT` bytes each run after the head's position, ``parallel`` reads in all with the
+  head, each holding its bytes in memory until the stream reaches them. When the head reaches the first of
+  them its connection is closed and the stream goes on with the segments, in order, each handed on as its
+  bytes arrive; every segment handed on makes room for the next one. Where no segment was read ahead (no
+  room), a new head reads on from there.
 * Memory: bytes read ahead by every stream of a source together take room from its :class:`ReadAhead`
   budget first (a segment's full size, before its read starts); a stream that finds no room reads on with
   its head alone, so a full budget costs speed, never more memory.
@@ -66,6 +69,8 @@ class ReadAhead:
         self.budget = budget
         self.segment = segment
         self.held = 0
+        self.slow = False
+        """A stream of this source has proved its link slow: the next ones read ahead from their start."""
 
     def worth_it(self, size: int) -> bool:
         """A read of ``size`` bytes has a segment to read ahead (and room for one, at all)."""
@@ -185,7 +190,7 @@ async def read_in_order(
 
     def plan() -> None:
         nonlocal planned
-        while len(queue) < ahead.parallel - 1:
+        while len(queue) < ahead.parallel - (head is not None):  # the head, while open, is one of the reads
             # the first segment starts a segment past the stream, so the head has bytes of its own to read
             first = planned if queue else max(planned, position + ahead.segment)
             last = min(first + ahead.segment, end)
@@ -204,6 +209,7 @@ async def read_in_order(
         await stack.aclose()
 
     waiting = _Waiting(2 * ahead.segment)
+    waiting.slow = ahead.slow
     try:
         while position < end:
             if queue and queue[0].start == position:
@@ -229,9 +235,11 @@ async def read_in_order(
                 if position + len(chunk) > stop:
                     chunk = chunk[: stop - position]
                 position += len(chunk)
-                if waiting.add(len(chunk), monotonic() - began) and len(queue) < ahead.parallel - 1:
-                    plan()
-                    stop = queue[0].start if queue else end
+                if waiting.add(len(chunk), monotonic() - began):
+                    ahead.slow = True
+                    if len(queue) < ahead.parallel - 1:  # the head is open
+                        plan()
+                        stop = queue[0].start if queue else end
                 yield chunk
             if position < end:  # the head reached a segment read ahead: its connection is not needed any more
                 await drop_head()

@@ -26,6 +26,7 @@ from job.http.backend import on_asyncio
 from job.http.download import Download
 from job.http.settings import HttpSettings
 from job.http.urls import display_url, origin_of
+from job.readahead import ReadAhead
 from job.redaction import redact_query
 from job.retry import carry_retryability, is_retryable_status, log_before_sleep, retry_policy
 from job.streams import describe
@@ -110,6 +111,9 @@ class HttpClient:
     ``scoped_headers`` maps a URL to headers sent only to that URL's origin (scheme, host, port). Call
     :meth:`aclose` once when done.
     """
+
+    read_ahead: ReadAhead | None = None
+    """How far long downloads read ahead of themselves on a slow link (:mod:`job.readahead`); None: never."""
 
     def __init__(
         self,

@@ -36,6 +36,7 @@ import httpx
 from job.errors import SourceError
 from job.http.settings import HttpSettings
 from job.http.urls import display_url
+from job.readahead import ReadAhead, read_in_order
 from job.streams import describe
 
 __all__ = ["Download", "DownloadClient", "strong_last_modified"]
@@ -50,6 +51,8 @@ class DownloadClient(Protocol):
     each request and maps error statuses to ``SourceError`` (:class:`job.http.client.HttpClient`)."""
 
     settings: HttpSettings
+    read_ahead: ReadAhead | None
+    """How far a long download reads ahead of itself on a slow link (:mod:`job.readahead`); None: never."""
 
     def backoff(self, attempt: int) -> float:
         """Seconds to wait before resume ``attempt`` (1-based)."""
@@ -287,7 +290,33 @@ class Download:
         try:
             if self.end is None or self.start_at < self.end:  # an empty range needs no request
                 await self.start()
-            async with aclosing(self.chunks()) as chunks:
+            async with aclosing(self._read()) as chunks:
                 yield chunks
         finally:
             await self.aclose()
+
+    def _read(self) -> AsyncGenerator[bytes, None]:
+        """:meth:`chunks`, and on a slow link ranged reads ahead of them, where a resume could be (module doc):
+        the server serves ranges of the same version (``resumable``), and the length is known."""
+        ahead = self._client.read_ahead
+        stop = self.end if self.end is not None else self.size
+        if ahead is None or not self.resumable or stop is None or not ahead.worth_it(stop - self.start_at):
+            return self.chunks()
+        head = self.chunks()
+
+        async def close_head() -> None:
+            await head.aclose()
+            await self.aclose()
+
+        return read_in_order(self._segment, self.start_at, stop, ahead, self.what, head=head, close_head=close_head)
+
+    @asynccontextmanager
+    async def _segment(self, start: int, end: int) -> AsyncIterator[AsyncIterator[bytes]]:
+        """Bytes ``[start, end)`` of the same version: ``If-Match`` and ``If-Range`` carry this download's
+        validators (a changed file answers 412 or 200, an error where the stream reaches it)."""
+        segment = Download(
+            self._client, self.url, what=self.what, start=start, end=end, etag=self.etag, pinned=self.pinned
+        )
+        segment.last_modified = self.last_modified
+        async with segment.body() as chunks:  # one segment: never long enough to read ahead itself
+            yield chunks

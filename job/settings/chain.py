@@ -225,15 +225,15 @@ class Settings(BaseSettings):
         4,
         ge=1,
         le=16,
-        description="Ranged reads in flight per layer or blob of an OCI source once one connection proves slow "
-        "(under 64 MB/s), 8 MiB each (1: one GET each): for registries and CDNs that cap each connection.",
+        description="Ranged reads in flight per file or layer of an oci, http(s) or hf:// source once one connection "
+        "proves slow (under 64 MB/s), 8 MiB each (1: one GET each): for servers and CDNs that cap each connection.",
     )
     read_ahead_mib: int = Field(
         32,
         ge=0,
         le=65536,
-        description="MiB those reads hold ahead of the streams, all files together: the OCI source's memory "
-        "ceiling (none left: a stream reads on alone).",
+        description="MiB those reads hold ahead of the streams, all files together: the source's memory ceiling "
+        "(none left: a stream reads on alone).",
     )
 
     # --- retries and timeouts (job.retry.RetrySettings): smallest unit first, a request, a part, a file ---

@@ -31,6 +31,7 @@ from job.http.download import Download
 from job.http.settings import HttpSettings
 from job.http.urls import display_url, filename_of
 from job.model import ObjectInfo
+from job.readahead import ReadAhead
 from job.sources.archive import ArchiveSource, archive_kind, archive_kind_from_content_type
 from job.sources.base import Source
 from job.sources.hf import HfSource
@@ -102,6 +103,7 @@ class UriSource:
         settings: HttpSettings | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
         max_files: int = MAX_FILES,
+        read_ahead: ReadAhead | None = None,
     ) -> None:
         self.location = location
         self._storage_path = storage_path
@@ -113,6 +115,7 @@ class UriSource:
         # The URI Secret's headers go to the server the URI names (for hf://, the Hub), and only there.
         scoped.setdefault(location.hf_endpoint if self._hf else location.uri, {}).update(location.headers)
         self._client = HttpClient(settings=settings, scoped_headers=scoped, transport=transport)
+        self._client.read_ahead = read_ahead
         self._inner: Source | None = None
 
     @property

@@ -3,7 +3,7 @@
 What a CDN's per-connection ceiling or a long round trip with a small TCP window does to one stream, on
 127.0.0.1: each connection through the proxy gets at most ``MB_PER_S`` MB/s from the server to the client (the
 upload direction is not capped). A reader of one stream at a time is slowed to that rate; one of several streams
-at once is not. Used by the opt-in ``ocigz-s3-capped`` row (:mod:`tests.bench.gzip_rows`)::
+at once is not. Used by the opt-in rows of :mod:`tests.bench.capped_rows`::
 
     python -m tests.bench.capped LISTEN_PORT TARGET_HOST:PORT MB_PER_S
 """

@@ -188,6 +188,7 @@ def check_oci_budget(run: Run, model: Model, budget: int = OCI_MAX_LAYERS) -> No
 
 def all_rows(bench: Bench) -> list[Row]:
     """Every row the bench knows, in table order."""
+    from tests.bench.capped_rows import capped_rows
     from tests.bench.gzip_rows import gzip_rows
     from tests.bench.serving_rows import serving_rows  # imports this module: not at the top
     from tests.bench.signed_rows import signed_rows
@@ -308,6 +309,7 @@ def all_rows(bench: Bench) -> list[Row]:
         *many_rows(bench),
         *serving_rows(bench),
         *gzip_rows(bench),
+        *capped_rows(bench),
     ]
 
 

@@ -1,4 +1,5 @@
-"""Reading ahead on a link that caps each connection (job.readahead), against a real distribution registry.
+"""Reading ahead on a link that caps each connection (job.readahead): a real distribution registry, and the
+http test server (ranges, validators) for the ``uri`` source.
 
 The link is :func:`tests.bench.capped.capped_link`, a proxy giving each connection a few MB/s: one read of
 a blob is slowed to that, several at once are not. Segments are made small so that a few MiB show it.
@@ -8,14 +9,21 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from pathlib import Path
 
 import pytest
 
+from job.config import UriLocation
+from job.engine.transfer import TransferSettings, transfer
+from job.http.settings import HttpSettings
 from job.oci.client import OciClient
 from job.readahead import ReadAhead
+from job.sources.uri import UriSource
 from tests.bench.capped import capped_link
+from tests.fakes import MemoryDestination
 from tests.integration.test_oci import file, log_lines, push_layers, read_all, tar_layer
+from tests.servers.http import HttpTestServer
 from tests.servers.registry import Registry
 
 pytestmark = pytest.mark.integration
@@ -62,3 +70,51 @@ async def test_a_gzip_image_read_over_a_capped_link_reads_its_layer_ahead(
     assert files == {"big.bin": big, "small.json": b"{}"}
     reads = len(log_lines(reg, f"GET /v2/models/ahead-gz/blobs/sha256:{hashlib.sha256(blob).hexdigest()}")) - before
     assert reads > 2
+
+
+# --- http(s): a file, an archive, resumable or not -------------------------------------------------------
+
+
+async def read_uri(uri: str, tmp_path: Path) -> dict[str, bytes]:
+    source = UriSource(
+        UriLocation(uri),
+        storage_path=tmp_path / "storage",
+        settings=HttpSettings(initial_wait=0.01, max_wait=0.05),
+        read_ahead=ReadAhead(4, 3 * SEGMENT, segment=SEGMENT),
+    )
+    memory = MemoryDestination()
+    await transfer(source, memory, TransferSettings(parallel_files=2))
+    return memory.stored
+
+
+@pytest.mark.parametrize("query", ["", "?etag=0"], ids=["etag", "last-modified"])
+async def test_an_http_file_over_a_capped_link_is_read_ahead_with_its_validator(
+    http_server: HttpTestServer, tmp_path: Path, query: str
+) -> None:
+    data = os.urandom(3 * 1024 * 1024 + 5)
+    path = f"/files/ahead{query.replace('?', '-').replace('=', '')}.bin"
+    http_server.write(path.removeprefix("/files/"), data)
+    an_hour_ago = time.time() - 3600  # a strong Last-Modified: a validator for If-Range
+    os.utime(http_server.root / path.removeprefix("/files/"), (an_hour_ago, an_hour_ago))
+    origin = http_server.origin.removeprefix("http://")
+    with capped_link(origin, 4) as link:
+        stored = await read_uri(f"http://{link}{path}{query}", tmp_path)
+    assert stored == {path.rsplit("/", 1)[1]: data}
+    gets = [r for r in http_server.seen(path) if r.method == "GET"]
+    ranged = [r for r in gets if "range" in r.headers]
+    assert len(ranged) > 4
+    # each range is pinned to the version the first answer served
+    validator = "if-match" if not query else "if-range"
+    assert all(validator in r.headers for r in ranged)
+
+
+async def test_an_http_file_without_ranges_is_one_read_on_a_capped_link(
+    http_server: HttpTestServer, tmp_path: Path
+) -> None:
+    data = os.urandom(1024 * 1024)
+    path = http_server.write("ahead-noranges.bin", data)
+    origin = http_server.origin.removeprefix("http://")
+    with capped_link(origin, 4) as link:
+        stored = await read_uri(f"http://{link}{path}?ranges=0", tmp_path)
+    assert stored == {"ahead-noranges.bin": data}
+    assert len([r for r in http_server.seen(path) if r.method == "GET"]) == 1

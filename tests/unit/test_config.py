@@ -496,9 +496,10 @@ def test_a_headers_value_with_a_control_character_or_not_ascii_is_refused(tmp_pa
         assert "secret" not in str(err.value).split("line 1")[1]
 
 
-def test_an_oci_source_reads_ahead_as_parallel_reads_and_read_ahead_mib_say() -> None:
+def test_oci_and_http_sources_read_ahead_as_parallel_reads_and_read_ahead_mib_say() -> None:
     from job.backends import make_source
     from job.sources.oci import OciSource
+    from job.sources.uri import UriSource
 
     argv = [
         "--registry-server-address", "http://127.0.0.1:9",
@@ -513,3 +514,8 @@ def test_an_oci_source_reads_ahead_as_parallel_reads_and_read_ahead_mib_say() ->
     assert ahead is not None and (ahead.parallel, ahead.budget) == (6, 48 * 1024 * 1024)
     defaults = build_job_config(load_settings(argv[:-4]), {})
     assert (defaults.parallel_reads, defaults.read_ahead) == (4, 32 * 1024 * 1024)
+    uri = argv[:2] + ["--source-type", "uri", "--source-uri", "https://example.com/m.bin"] + argv[6:]
+    http = make_source(build_job_config(load_settings(uri), {}))
+    assert isinstance(http, UriSource)
+    ahead = http._client.read_ahead
+    assert ahead is not None and (ahead.parallel, ahead.budget) == (6, 48 * 1024 * 1024)

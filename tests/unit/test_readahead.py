@@ -169,3 +169,13 @@ def test_worth_it_needs_more_than_a_segment_parallel_reads_and_room() -> None:
     assert not ReadAhead(4, 4, segment=8).worth_it(100)
     with pytest.raises(ValueError):
         ReadAhead(0, 32)
+
+
+async def test_once_a_stream_proved_the_link_slow_the_next_one_reads_ahead_from_its_start() -> None:
+    ahead = ReadAhead(4, 3 * SEGMENT, segment=SEGMENT)
+    first = Blob(data(8 * SEGMENT), delay=0.002)
+    await read(first, ahead)
+    assert ahead.slow and first.opened[1][0] > 2 * SEGMENT  # it had to prove it first
+    second = Blob(data(8 * SEGMENT), delay=0.002)
+    assert await read(second, ahead) == second.data
+    assert second.opened[1] == (SEGMENT, 2 * SEGMENT)  # a segment past its start, at once
