@@ -46,7 +46,7 @@ from job.errors import IntegrityError
 __all__ = ["SEGMENT", "ReadAhead", "read_in_order"]
 
 SEGMENT = 8 * 1024 * 1024
-"""Bytes of one read ahead: 128 requests per GiB, each costing the client well under a millisecond."""
+"""Bytes of one read ahead: 128 requests per GiB read ahead (the AWS CLI's default part is 8 MiB too)."""
 
 SLOW = 64 * 1000 * 1000
 """Bytes a second below which one connection is slow: what CDNs and object stores give one stream is often
@@ -104,9 +104,9 @@ class _Waiting:
 
     __slots__ = ("_began", "_bytes", "_waited", "slow", "window")
 
-    def __init__(self, window: int) -> None:
+    def __init__(self, window: int, *, slow: bool = False) -> None:
         self.window = window
-        self.slow = False
+        self.slow = slow
         self._began = monotonic()
         self._bytes = 0
         self._waited = 0.0
@@ -230,8 +230,7 @@ async def read_in_order(
             await closing()
         await stack.aclose()
 
-    waiting = _Waiting(2 * ahead.segment)
-    waiting.slow = ahead.slow
+    waiting = _Waiting(2 * ahead.segment, slow=ahead.slow)
     try:
         while position < end:
             if queue and queue[0].start == position:

@@ -7,6 +7,7 @@ a blob is slowed to that, several at once are not. Segments are made small so th
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import time
@@ -118,3 +119,32 @@ async def test_an_http_file_without_ranges_is_one_read_on_a_capped_link(
         stored = await read_uri(f"http://{link}{path}?ranges=0", tmp_path)
     assert stored == {"ahead-noranges.bin": data}
     assert len([r for r in http_server.seen(path) if r.method == "GET"]) == 1
+
+
+async def test_a_file_replaced_while_it_is_read_ahead_is_never_stored_spliced(
+    http_server: HttpTestServer, tmp_path: Path
+) -> None:
+    # v1 is dated an hour ago (a strong Last-Modified, the only validator with etag=0); v2 replaces it, as a
+    # web server's files are replaced (a rename: responses under way keep reading v1), once ranges are running.
+    # The ranges asked for after it carry If-Range: <v1's date>, are answered 200 (the whole of v2), and that is
+    # an error where the stream reaches them: the engine sends the file again, and v2 is stored whole.
+    v1, v2 = os.urandom(3 * 1024 * 1024), os.urandom(3 * 1024 * 1024)
+    rel = f"ahead-replaced-{os.getpid()}.bin"
+    path = http_server.write(rel, v1)
+    an_hour_ago = time.time() - 3600
+    os.utime(http_server.root / rel, (an_hour_ago, an_hour_ago))
+
+    async def replace_once_ranges_run() -> None:
+        while len([r for r in http_server.seen(path) if "range" in r.headers]) < 2:
+            await asyncio.sleep(0.005)
+        (http_server.root / "replacement.tmp").write_bytes(v2)
+        os.replace(http_server.root / "replacement.tmp", http_server.root / rel)
+
+    origin = http_server.origin.removeprefix("http://")
+    with capped_link(origin, 4) as link:
+        replacing = asyncio.create_task(replace_once_ranges_run())
+        stored = await asyncio.wait_for(read_uri(f"http://{link}{path}?etag=0", tmp_path), 60)
+        await asyncio.wait_for(replacing, 1)
+    assert stored == {rel: v2}
+    whole = [r for r in http_server.seen(path) if r.method == "GET" and "range" not in r.headers]
+    assert len(whole) == 2  # the first read, and the file sent again
