@@ -138,6 +138,26 @@ def evaluate_targets(results: dict[str, RowResult], flat: RowResult | None, size
     )
     if ms and floor:
         add("information: s3->oci model-sync / registry floor", "x", ms / floor, None, None)
+    for row_id, what in (("s3-oci/client-floor", "sockets + sha256"), ("uri-oci/client-floor", "+ inflate")):
+        client_floor = results.get(row_id)
+        if client_floor and client_floor.cpu and client_floor.size:
+            per_gib = client_floor.cpu / (client_floor.size / (1024 * MiB))
+            add(
+                f"information: {_route(row_id)} client floor CPU per GiB ({what}, a bare start)",
+                "s",
+                per_gib,
+                None,
+                None,
+            )
+    if flat is not None and ms_row and flat.cpu and ms_row.cpu and flat.size > ms_row.size:
+        further = (flat.cpu - ms_row.cpu) / ((flat.size - ms_row.size) / (1024 * MiB))
+        add(
+            "information: s3->oci model-sync CPU per further GiB (the flat run against this one)",
+            "s",
+            further,
+            None,
+            None,
+        )
     up_row = results.get("s3-oci/upstream")
     if ms_row and up_row and ms_row.cpu and up_row.cpu:
         add("information: s3->oci client CPU, upstream-style / model-sync", "x", up_row.cpu / ms_row.cpu, None, None)

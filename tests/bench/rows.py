@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import os
 import shlex
+import sys
 import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -41,6 +43,8 @@ from tests.servers.s3 import S3Server
 
 FLOOR_STREAMS = 2
 """Upload streams of the registry floor row."""
+PARALLEL_FILES = 4
+"""model-sync's default ``MODEL_SYNC_PARALLEL_FILES``: the client floor row's streams."""
 OCI_MAX_LAYERS = 64
 """model-sync's default layer budget for a whole image (``MODEL_SYNC_DESTINATION_OCI_MAX_LAYERS``)."""
 MANIFEST_TYPES = "application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json"
@@ -183,6 +187,33 @@ def check_oci_budget(run: Run, model: Model, budget: int = OCI_MAX_LAYERS) -> No
         )
 
 
+def client_floor(run: Run, bench: Bench) -> list[Step]:
+    """:mod:`tests.bench.client_floor` on the model's files in the source bucket (presigned GETs, largest first),
+    pushed to the run's registry, as many at a time as model-sync's default ``MODEL_SYNC_PARALLEL_FILES``."""
+    assert run.dst_oci is not None
+    s3 = bench.source_s3().client()
+    sizes = sorted(bench.model.files.items(), key=lambda item: -item[1])
+    urls = [
+        s3.generate_presigned_url(
+            "get_object", Params={"Bucket": SRC_BUCKET, "Key": MODEL_PREFIX + path}, ExpiresIn=3600
+        )
+        for path, _ in sizes
+    ]
+    script = Path(__file__).with_name("client_floor.py")
+    repository = f"bench/client-floor-{run.index}"
+    argv = [sys.executable, "-I", "-S", str(script), run.dst_oci.host, repository, str(PARALLEL_FILES), *urls]
+    return [Step("push", argv, dict(os.environ))]
+
+
+def client_floor_gunzip(run: Run, bench: Bench) -> list[Step]:
+    """:mod:`tests.bench.client_floor` ``--gunzip`` on the model's tar.gz, pushed to the run's registry."""
+    assert run.dst_oci is not None
+    url = bench.uri_source()["MODEL_SYNC_SOURCE_URI"]
+    script = Path(__file__).with_name("client_floor.py")
+    argv = [sys.executable, "-I", str(script), "--gunzip", run.dst_oci.host, f"bench/client-floor-{run.index}", url]
+    return [Step("push", argv, dict(os.environ))]
+
+
 # --- the table -------------------------------------------------------------------------------------------------
 
 
@@ -221,6 +252,13 @@ def all_rows(bench: Bench) -> list[Row]:
             baseline="s3-oci/model-sync",
         ),
         Row("s3-oci/floor", "s3->oci", f"registry floor ({FLOOR_STREAMS} streams from memory)", "oci", None),
+        Row(
+            "s3-oci/client-floor",
+            "s3->oci",
+            "client floor: sockets + sha256, nothing else (stdlib, python -I -S)",
+            "oci",
+            lambda r: client_floor(r, bench),
+        ),
         Row(
             "s3-s3/model-sync",
             "s3->s3",
@@ -278,6 +316,14 @@ def all_rows(bench: Bench) -> list[Row]:
             "oci",
             lambda r: model_sync(r, bench.uri_source(), oci_dest(r)),
             check_oci,
+            needs=frozenset({"targz"}),
+        ),
+        Row(
+            "uri-oci/client-floor",
+            "uri(tar.gz)->oci",
+            "client floor: sockets + inflate + sha256, nothing else (stdlib + zlib-ng)",
+            "oci",
+            lambda r: client_floor_gunzip(r, bench),
             needs=frozenset({"targz"}),
         ),
         Row(

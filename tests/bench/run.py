@@ -34,7 +34,10 @@ What it does, all on 127.0.0.1, every server stopped and every temp dir removed 
    ``/dev/shm``, so any byte it writes to disk shows.
 5. **The registry floor**: the same bytes pushed from memory in 2 parallel upload streams (one PATCH per blob,
    digests computed beforehand), to a fresh registry, in the same rounds: what distribution itself costs on this
-   machine. s3 -> oci is reported as a ratio to it.
+   machine. s3 -> oci is reported as a ratio to it. **The client floor** (:mod:`tests.bench.client_floor`) is
+   the other side of it: the model's files read from the source S3 and pushed as blobs to a fresh registry by a
+   process that does nothing to a byte but copy it between sockets and hash it once (stdlib, ``python -I -S``):
+   the least client CPU any s3 -> oci client pays here, measured as model-sync's is.
 6. **Report**: a table (median wall, MB/s, CPU, peak RSS, temp disk, peer / model-sync), each peer's steps, the
    targets with PASS/MISS, JSON at ``--json`` and a Markdown copy next to it (``.md``).
 

@@ -26,11 +26,13 @@ ROWS = {
     "s3-oci/model-sync",
     "s3-oci/upstream",
     "s3-oci/floor",
+    "s3-oci/client-floor",
     "s3-s3/model-sync",
     "s3-s3/s5cmd",
     "oci-s3/model-sync",
     "oci-s3/skopeo+s5cmd",
     "uri-oci/model-sync",
+    "uri-oci/client-floor",
     "pvc-oci/model-sync",
     "pvc-oci/upstream",
     "s3-oci@128/model-sync",
@@ -76,3 +78,10 @@ def test_bench_smoke_run(tmp_path: Path) -> None:
     assert {"target", "measured", "limit", "ok"} <= set(doc["targets"][0])
     assert len(doc["targets"]) >= 6
     assert not list(tmp_path.glob("model-sync-bench-*")), "the bench left its scratch dir behind"
+
+
+def test_client_floor_streams_are_model_syncs_default() -> None:
+    from job.settings.chain import Settings
+    from tests.bench.rows import PARALLEL_FILES
+
+    assert Settings.model_fields["parallel_files"].default == PARALLEL_FILES
