@@ -43,6 +43,25 @@ def _answer(conn: http.client.HTTPConnection, status: int, what: str) -> http.cl
     return response
 
 
+def start_blob(registry: http.client.HTTPConnection, repo: str, framing: tuple[str, str]) -> None:
+    """``POST`` an upload to ``repo``, then send the headers of its one ``PATCH``; the body goes by
+    ``registry.send``. ``framing``: ``("Content-Length", "<size>")`` or ``("Transfer-Encoding", "chunked")``."""
+    registry.request("POST", f"/v2/{repo}/blobs/uploads/", headers={"Content-Length": "0"})
+    location = _path(_answer(registry, 202, "POST upload").headers["Location"])
+    registry.putrequest("PATCH", location, skip_accept_encoding=True)
+    registry.putheader("Content-Type", "application/octet-stream")
+    registry.putheader(*framing)
+    registry.endheaders()
+
+
+def finish_blob(registry: http.client.HTTPConnection, digest: str) -> None:
+    """The ``PATCH``'s answer, then ``PUT ?digest=``: the registry checks the bytes against ``digest``."""
+    location = _path(_answer(registry, 202, "PATCH").headers["Location"])
+    separator = "&" if "?" in location else "?"
+    registry.request("PUT", f"{location}{separator}digest={digest}", headers={"Content-Length": "0"})
+    _answer(registry, 201, "PUT ?digest=")
+
+
 def copy(url: str, source: http.client.HTTPConnection, registry: http.client.HTTPConnection, repo: str) -> int:
     """One file: GET it, push it as one blob (POST, one PATCH with Content-Length, PUT ?digest=); its size."""
     source.request("GET", _path(url))
@@ -50,12 +69,7 @@ def copy(url: str, source: http.client.HTTPConnection, registry: http.client.HTT
     if body.status != 200:
         raise RuntimeError(f"GET {urlsplit(url).path}: HTTP {body.status}")
     size = int(body.headers["Content-Length"])
-    registry.request("POST", f"/v2/{repo}/blobs/uploads/", headers={"Content-Length": "0"})
-    location = _path(_answer(registry, 202, "POST upload").headers["Location"])
-    registry.putrequest("PATCH", location, skip_accept_encoding=True)
-    registry.putheader("Content-Type", "application/octet-stream")
-    registry.putheader("Content-Length", str(size))
-    registry.endheaders()
+    start_blob(registry, repo, ("Content-Length", str(size)))
     buffer = bytearray(BUFFER)
     view = memoryview(buffer)
     digest = hashlib.sha256()
@@ -67,10 +81,7 @@ def copy(url: str, source: http.client.HTTPConnection, registry: http.client.HTT
         digest.update(view[:n])
         registry.send(view[:n])
         done += n
-    location = _path(_answer(registry, 202, "PATCH").headers["Location"])
-    separator = "&" if "?" in location else "?"
-    registry.request("PUT", f"{location}{separator}digest=sha256:{digest.hexdigest()}", headers={"Content-Length": "0"})
-    _answer(registry, 201, "PUT ?digest=")
+    finish_blob(registry, "sha256:" + digest.hexdigest())
     return size
 
 
@@ -86,12 +97,7 @@ def copy_gunzip(url: str, host: str, repo: str) -> int:
         body = source.getresponse()
         if body.status != 200:
             raise RuntimeError(f"GET {parts.path}: HTTP {body.status}")
-        registry.request("POST", f"/v2/{repo}/blobs/uploads/", headers={"Content-Length": "0"})
-        location = _path(_answer(registry, 202, "POST upload").headers["Location"])
-        registry.putrequest("PATCH", location, skip_accept_encoding=True)
-        registry.putheader("Content-Type", "application/octet-stream")
-        registry.putheader("Transfer-Encoding", "chunked")
-        registry.endheaders()
+        start_blob(registry, repo, ("Transfer-Encoding", "chunked"))
         buffer = bytearray(BUFFER)
         view = memoryview(buffer)
         decoder = zlib_ng.decompressobj(wbits=31)
@@ -120,11 +126,7 @@ def copy_gunzip(url: str, host: str, repo: str) -> int:
                     out = decoder.decompress(b"", BUFFER)
                     push(out)
         registry.send(b"0\r\n\r\n")
-        location = _path(_answer(registry, 202, "PATCH").headers["Location"])
-        separator = "&" if "?" in location else "?"
-        put = f"{location}{separator}digest=sha256:{digest.hexdigest()}"
-        registry.request("PUT", put, headers={"Content-Length": "0"})
-        _answer(registry, 201, "PUT ?digest=")
+        finish_blob(registry, "sha256:" + digest.hexdigest())
         return size
     finally:
         source.close()

@@ -22,8 +22,8 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from urllib.parse import urlsplit
 
+from tests.bench.client_floor import finish_blob, start_blob
 from tests.bench.measure import CpuSnapshot, StepResult, run_step, settle
 from tests.bench.model import PIECE, MiB, Model
 from tests.bench.peers import REPO, MissingTool, Step, tool
@@ -165,30 +165,10 @@ def push_floor(host: str, sizes: Sequence[int], *, salt: str, streams: int = FLO
         conn = http.client.HTTPConnection(hostname, int(port), timeout=300)
         try:
             for size, header, digest in share:
-                conn.request("POST", "/v2/bench/floor/blobs/uploads/", headers={"Content-Length": "0"})
-                response = conn.getresponse()
-                response.read()
-                if response.status != 202:
-                    raise RuntimeError(f"floor: POST upload answered {response.status}")
-                location = urlsplit(response.headers["Location"])
-                path = location.path + (f"?{location.query}" if location.query else "")
-                conn.request(
-                    "PATCH",
-                    path,
-                    body=_floor_pieces(size, header, block),
-                    headers={"Content-Type": "application/octet-stream", "Content-Length": str(size)},
-                )
-                response = conn.getresponse()
-                response.read()
-                if response.status != 202:
-                    raise RuntimeError(f"floor: PATCH answered {response.status}")
-                location = urlsplit(response.headers["Location"])
-                query = f"{location.query}&digest={digest}" if location.query else f"digest={digest}"
-                conn.request("PUT", f"{location.path}?{query}", headers={"Content-Length": "0"})
-                response = conn.getresponse()
-                response.read()
-                if response.status != 201:
-                    raise RuntimeError(f"floor: PUT answered {response.status}")
+                start_blob(conn, "bench/floor", ("Content-Length", str(size)))
+                for piece in _floor_pieces(size, header, block):
+                    conn.send(piece)
+                finish_blob(conn, digest)
         except BaseException as exc:
             errors.append(exc)
         finally:
