@@ -66,6 +66,11 @@ class Model:
         large = {f"model-{i:05d}-of-{LARGE_FILES:05d}.safetensors": shard_mib * MiB for i in range(1, LARGE_FILES + 1)}
         return cls(large, small)
 
+    @classmethod
+    def tiny(cls) -> Model:
+        """One file of 8 bytes: a job's start and end with nothing to move (the ``start/*`` rows)."""
+        return cls({}, {"config.json": b'{"a": 1}'})
+
     @property
     def files(self) -> dict[str, int]:
         """Every file's relative path and size."""

@@ -158,6 +158,10 @@ def evaluate_targets(results: dict[str, RowResult], flat: RowResult | None, size
             None,
             None,
         )
+    start, libraries = results.get("start/model-sync"), results.get("start/libraries")
+    if start and libraries and start.cpu and libraries.cpu:
+        add("information: start, model-sync's 8-byte s3->oci run", "s", start.cpu, None, None)
+        add("information: start, its libraries alone (imports + an S3 client)", "s", libraries.cpu, None, None)
     up_row = results.get("s3-oci/upstream")
     if ms_row and up_row and ms_row.cpu and up_row.cpu:
         add("information: s3->oci client CPU, upstream-style / model-sync", "x", up_row.cpu / ms_row.cpu, None, None)

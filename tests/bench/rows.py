@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import fnmatch
 import json
-import os
 import shlex
-import sys
 import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -43,8 +41,6 @@ from tests.servers.s3 import S3Server
 
 FLOOR_STREAMS = 2
 """Upload streams of the registry floor row."""
-PARALLEL_FILES = 4
-"""model-sync's default ``MODEL_SYNC_PARALLEL_FILES``: the client floor row's streams."""
 OCI_MAX_LAYERS = 64
 """model-sync's default layer budget for a whole image (``MODEL_SYNC_DESTINATION_OCI_MAX_LAYERS``)."""
 MANIFEST_TYPES = "application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json"
@@ -84,8 +80,8 @@ class Row:
     baseline: str | None = None
     """For a peer: the model-sync row it is compared with."""
     needs: frozenset[str] = frozenset()
-    """Setup it needs: ``disk`` (the model on local disk), ``targz``, ``image`` (the source modelcar), ``imagegz`` (it again, gzip), ``many``
-    (the many-files model in the source S3, synced instead of the ``--size-mib`` one)."""
+    """Setup it needs: ``disk`` (the model on local disk), ``targz``, ``image`` (the source modelcar), ``imagegz``
+    (it again, gzip), ``many`` or ``tiny`` (the many-files or 8-byte model in the source S3, not the ``--size-mib`` one)."""
     opt_in: bool = False
     """Run only when ``--only`` names it (a model of its own, about a minute a run)."""
 
@@ -187,39 +183,13 @@ def check_oci_budget(run: Run, model: Model, budget: int = OCI_MAX_LAYERS) -> No
         )
 
 
-def client_floor(run: Run, bench: Bench) -> list[Step]:
-    """:mod:`tests.bench.client_floor` on the model's files in the source bucket (presigned GETs, largest first),
-    pushed to the run's registry, as many at a time as model-sync's default ``MODEL_SYNC_PARALLEL_FILES``."""
-    assert run.dst_oci is not None
-    s3 = bench.source_s3().client()
-    sizes = sorted(bench.model.files.items(), key=lambda item: -item[1])
-    urls = [
-        s3.generate_presigned_url(
-            "get_object", Params={"Bucket": SRC_BUCKET, "Key": MODEL_PREFIX + path}, ExpiresIn=3600
-        )
-        for path, _ in sizes
-    ]
-    script = Path(__file__).with_name("client_floor.py")
-    repository = f"bench/client-floor-{run.index}"
-    argv = [sys.executable, "-I", "-S", str(script), run.dst_oci.host, repository, str(PARALLEL_FILES), *urls]
-    return [Step("push", argv, dict(os.environ))]
-
-
-def client_floor_gunzip(run: Run, bench: Bench) -> list[Step]:
-    """:mod:`tests.bench.client_floor` ``--gunzip`` on the model's tar.gz, pushed to the run's registry."""
-    assert run.dst_oci is not None
-    url = bench.uri_source()["MODEL_SYNC_SOURCE_URI"]
-    script = Path(__file__).with_name("client_floor.py")
-    argv = [sys.executable, "-I", str(script), "--gunzip", run.dst_oci.host, f"bench/client-floor-{run.index}", url]
-    return [Step("push", argv, dict(os.environ))]
-
-
 # --- the table -------------------------------------------------------------------------------------------------
 
 
 def all_rows(bench: Bench) -> list[Row]:
     """Every row the bench knows, in table order."""
     from tests.bench.capped_rows import capped_rows
+    from tests.bench.floor_rows import client_floor_row, gunzip_floor_row, start_rows
     from tests.bench.gzip_rows import gzip_rows
     from tests.bench.serving_rows import serving_rows  # imports this module: not at the top
     from tests.bench.signed_rows import signed_rows
@@ -252,13 +222,7 @@ def all_rows(bench: Bench) -> list[Row]:
             baseline="s3-oci/model-sync",
         ),
         Row("s3-oci/floor", "s3->oci", f"registry floor ({FLOOR_STREAMS} streams from memory)", "oci", None),
-        Row(
-            "s3-oci/client-floor",
-            "s3->oci",
-            "client floor: sockets + sha256, nothing else (stdlib, python -I -S)",
-            "oci",
-            lambda r: client_floor(r, bench),
-        ),
+        client_floor_row(bench),
         Row(
             "s3-s3/model-sync",
             "s3->s3",
@@ -318,14 +282,7 @@ def all_rows(bench: Bench) -> list[Row]:
             check_oci,
             needs=frozenset({"targz"}),
         ),
-        Row(
-            "uri-oci/client-floor",
-            "uri(tar.gz)->oci",
-            "client floor: sockets + inflate + sha256, nothing else (stdlib + zlib-ng)",
-            "oci",
-            lambda r: client_floor_gunzip(r, bench),
-            needs=frozenset({"targz"}),
-        ),
+        gunzip_floor_row(bench),
         Row(
             "pvc-oci/model-sync",
             "pvc->oci",
@@ -351,6 +308,7 @@ def all_rows(bench: Bench) -> list[Row]:
             baseline="pvc-oci/model-sync",
             needs=frozenset({"disk"}),
         ),
+        *start_rows(bench),
         *signed_rows(bench),
         *many_rows(bench),
         *serving_rows(bench),

@@ -35,7 +35,7 @@ from tests.servers.s3 import S3Server, seaweedfs
 from tests.standin.model_registry import ModelRegistryStandin
 
 SRC_BUCKET, DST_BUCKET = "models", "dst"
-MODEL_PREFIX, BIG_PREFIX, MANY_PREFIX, DST_PREFIX = "m/", "big/", "many/", "m/"
+MODEL_PREFIX, BIG_PREFIX, MANY_PREFIX, TINY_PREFIX, DST_PREFIX = "m/", "big/", "many/", "tiny/", "m/"
 SOURCE_IMAGE = "models/source:v1"
 SKOPEO_CACHE = Path("/var/lib/containers/cache/blob-info-cache-v1.boltdb")
 MANY_STEP_TIMEOUT = 900.0
@@ -106,6 +106,7 @@ class Bench:
         self.args, self.work, self.stack = args, work, stack
         self.model = Model.make(args.size_mib)
         self._many: Model | None = None
+        self.tiny = Model.tiny()
         self.step_timeout: float = 60.0 + 150.0 * args.size_mib / 1024
         self.src_s3: S3Server | None = None
         self.src_oci: Registry | None = None
@@ -119,14 +120,17 @@ class Bench:
     def setup(self, needs: set[str]) -> None:
         """Start the servers and put the model where rows with these ``needs`` read it; failures are kept per piece.
 
-        ``model``: the ``--size-mib`` model in the source S3 (every row but the many-files ones); ``many``: the
-        many-small-files model there.
+        ``model``: the ``--size-mib`` model in the source S3 (every row but the many-files and start ones);
+        ``many``: the many-small-files model there; ``tiny``: the 8-byte model (the start rows).
         """
         started = time.monotonic()
         self.standin = self.stack.enter_context(ModelRegistryStandin())
         self._try("s3", lambda: self._setup_s3(needs))
         if "many" in needs and "s3" not in self.setup_errors:
             self._try("many", self._setup_many)
+        if "tiny" in needs and "s3" not in self.setup_errors:
+            assert self.src_s3 is not None
+            self._try("tiny", lambda: self.tiny.upload(self.src_s3.client(), SRC_BUCKET, TINY_PREFIX))
         self._try("registry", self._setup_registry)
         if "targz" in needs and self.model.root is not None:
             self._try("targz", self._setup_targz)
@@ -210,7 +214,7 @@ class Bench:
 
     def model_of(self, needs: frozenset[str]) -> Model:
         """The model a row with these ``needs`` syncs."""
-        return self.many if "many" in needs else self.model
+        return self.many if "many" in needs else self.tiny if "tiny" in needs else self.model
 
     def timeout_of(self, needs: frozenset[str]) -> float:
         """Seconds a step of a row with these ``needs`` may take: ``MANY_STEP_TIMEOUT`` for the many-files rows."""
@@ -262,8 +266,8 @@ class Bench:
 
     def s3_source(self, prefix: str = MODEL_PREFIX) -> dict[str, str]:
         self.need("s3")
-        if prefix == MANY_PREFIX:
-            self.need("many")
+        if prefix in (MANY_PREFIX, TINY_PREFIX):
+            self.need("many" if prefix == MANY_PREFIX else "tiny")
         assert self.src_s3 is not None
         return {
             "MODEL_SYNC_SOURCE_TYPE": "s3",
@@ -273,7 +277,7 @@ class Bench:
         }
 
     def need(self, what: str) -> None:
-        """Raise the setup error of ``what`` (``s3``, ``many``, ``registry``, ``targz``, ``image``) if its setup
+        """Raise the setup error of ``what`` (``s3``, ``many``, ``tiny``, ``registry``, ``targz``, ``image``) if its setup
         failed."""
         if what in self.setup_errors:
             raise RuntimeError(self.setup_errors[what])

@@ -35,6 +35,8 @@ ROWS = {
     "uri-oci/client-floor",
     "pvc-oci/model-sync",
     "pvc-oci/upstream",
+    "start/model-sync",
+    "start/libraries",
     "s3-oci@128/model-sync",
 }
 
@@ -82,6 +84,6 @@ def test_bench_smoke_run(tmp_path: Path) -> None:
 
 def test_client_floor_streams_are_model_syncs_default() -> None:
     from job.settings.chain import Settings
-    from tests.bench.rows import PARALLEL_FILES
+    from tests.bench.floor_rows import PARALLEL_FILES
 
     assert Settings.model_fields["parallel_files"].default == PARALLEL_FILES
