@@ -37,7 +37,10 @@ What it does, all on 127.0.0.1, every server stopped and every temp dir removed 
    machine. s3 -> oci is reported as a ratio to it. **The client floor** (:mod:`tests.bench.client_floor`) is
    the other side of it: the model's files read from the source S3 and pushed as blobs to a fresh registry by a
    process that does nothing to a byte but copy it between sockets and hash it once (stdlib, ``python -I -S``):
-   the least client CPU any s3 -> oci client pays here, measured as model-sync's is.
+   the least client CPU any s3 -> oci client pays here, measured as model-sync's is (``uri-oci/client-floor``: the
+   same for the tar.gz, inflated). **The start rows** put model-sync's start beside its libraries' own:
+   ``start/model-sync`` syncs an 8-byte model, ``start/libraries`` only imports the libraries model-sync runs on
+   and builds an S3 client (:mod:`tests.bench.floor_rows`).
 6. **Report**: a table (median wall, MB/s, CPU, peak RSS, temp disk, peer / model-sync), each peer's steps, the
    targets with PASS/MISS, JSON at ``--json`` and a Markdown copy next to it (``.md``).
 
