@@ -25,6 +25,7 @@ SPEEDUP_TARGET = 3.0
 CPU_PER_GIB = {"s3-oci/model-sync": 1.5, "uri-oci/model-sync": 2.5}
 """Issue 16: client CPU-s per GiB moved, start-up included."""
 FLAT_TOLERANCE = 0.10
+GiB = 1024 * MiB
 
 
 def progress_line(label: str, run: RunResult) -> str:
@@ -51,6 +52,11 @@ def _num(value: float | None, fmt: str = "{:.2f}") -> str:
 def _route(row_id: str) -> str:
     """``s3-oci/model-sync`` -> ``s3->oci``."""
     return row_id.split("/")[0].replace("-", "->")
+
+
+def _cpu_per_gib(row: RowResult | None) -> float | None:
+    """A row's median client CPU seconds per GiB of its model, start included; None when not measured."""
+    return row.cpu / (row.size / GiB) if row and row.cpu and row.size else None
 
 
 def evaluate_targets(results: dict[str, RowResult], flat: RowResult | None, size_mib: int) -> list[dict[str, Any]]:
@@ -99,8 +105,7 @@ def evaluate_targets(results: dict[str, RowResult], flat: RowResult | None, size
             None if peak is None else peak <= RSS_LIMIT,
         )
     for row_id, limit in CPU_PER_GIB.items():
-        row = results.get(row_id)
-        per_gib = row.cpu / (row.size / (1024 * MiB)) if row and row.cpu and row.size else None
+        per_gib = _cpu_per_gib(results.get(row_id))
         add(
             f"{_route(row_id)}: model-sync client CPU <= {limit:g} s per GiB (start-up included)",
             "s",
@@ -139,18 +144,17 @@ def evaluate_targets(results: dict[str, RowResult], flat: RowResult | None, size
     if ms and floor:
         add("information: s3->oci model-sync / registry floor", "x", ms / floor, None, None)
     for row_id, what in (("s3-oci/client-floor", "sockets + sha256"), ("uri-oci/client-floor", "+ inflate")):
-        client_floor = results.get(row_id)
-        if client_floor and client_floor.cpu and client_floor.size:
-            per_gib = client_floor.cpu / (client_floor.size / (1024 * MiB))
+        floor_per_gib = _cpu_per_gib(results.get(row_id))
+        if floor_per_gib is not None:
             add(
                 f"information: {_route(row_id)} client floor CPU per GiB ({what}, a bare start)",
                 "s",
-                per_gib,
+                floor_per_gib,
                 None,
                 None,
             )
     if flat is not None and ms_row and flat.cpu and ms_row.cpu and flat.size > ms_row.size:
-        further = (flat.cpu - ms_row.cpu) / ((flat.size - ms_row.size) / (1024 * MiB))
+        further = (flat.cpu - ms_row.cpu) / ((flat.size - ms_row.size) / GiB)
         add(
             "information: s3->oci model-sync CPU per further GiB (the flat run against this one)",
             "s",
